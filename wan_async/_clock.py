@@ -1,0 +1,86 @@
+"""Clocks: where the client and the simulator read time and wait.
+
+Everything that schedules (the poller, deadlines, the simulator's refresh loop) asks a
+:class:`Clock` instead of :mod:`time`, so a test or a benchmark can compress minutes of
+gateway time into seconds by sharing one :class:`ScaledClock` between a
+:class:`~wan_async.testing.FakeGateway` and a :class:`~wan_async.WanClient`.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+import anyio
+
+
+class Clock(Protocol):
+    """What the library needs from a clock: two readings, a sleep and its speed."""
+
+    @property
+    def scale(self) -> float:
+        """How many clock seconds pass per real second (1.0 for the system clock)."""
+        ...
+
+    def time(self) -> float:
+        """Return the current Unix time in seconds, as the gateway would stamp it."""
+        ...
+
+    def monotonic(self) -> float:
+        """Return a monotonic reading in clock seconds, for measuring intervals."""
+        ...
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep for ``seconds`` clock seconds."""
+        ...
+
+
+class SystemClock:
+    """The real clock: Unix time, ``time.monotonic`` and ``anyio.sleep``."""
+
+    scale = 1.0
+
+    def time(self) -> float:
+        return time.time()
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(max(0.0, seconds))
+
+    def __repr__(self) -> str:
+        return "SystemClock()"
+
+
+class ScaledClock:
+    """A clock that runs ``scale`` times faster than real time.
+
+    Args:
+        scale: clock seconds per real second; ``100`` turns a 15 s gateway tick into 0.15 s.
+        epoch: the Unix time the clock reads when created (default: the real time now).
+    """
+
+    def __init__(self, scale: float, *, epoch: float | None = None) -> None:
+        if not scale > 0:
+            msg = f"scale must be a positive number, got {scale!r}"
+            raise ValueError(msg)
+        self._scale = float(scale)
+        self._real_origin = time.monotonic()
+        self._epoch = time.time() if epoch is None else float(epoch)
+
+    @property
+    def scale(self) -> float:
+        return self._scale
+
+    def monotonic(self) -> float:
+        return (time.monotonic() - self._real_origin) * self._scale
+
+    def time(self) -> float:
+        return self._epoch + self.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(max(0.0, seconds) / self._scale)
+
+    def __repr__(self) -> str:
+        return f"ScaledClock(scale={self._scale:g})"

@@ -1,0 +1,114 @@
+"""Client settings: where the gateway is, the key, and how long to wait for it."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from ._exceptions import ConfigurationError
+
+#: The documented service (SPEC §2); any deployment of the same gateway works the same.
+DEFAULT_BASE_URL = "https://computevault.unodetech.xyz"
+API_KEY_ENV = "WAN_API_KEY"
+BASE_URL_ENV = "WAN_BASE_URL"
+
+
+def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        msg = f"{attribute.name} must be a positive number of seconds or None, got {value!r}"
+        raise ValueError(msg)
+
+
+@attrs.frozen(kw_only=True)
+class Timeouts:
+    """How long one HTTP exchange with the gateway may take, in real seconds.
+
+    ``None`` disables a limit. A submit whose read times out has an unknown outcome (the task
+    may exist), so keep ``read`` generous: the gateway calls upstream before it answers.
+    """
+
+    #: Opening the connection (including TLS).
+    connect: float | None = attrs.field(default=10.0, validator=_positive_or_none)
+    #: Waiting for the answer once the request is sent, between any two reads.
+    read: float | None = attrs.field(default=60.0, validator=_positive_or_none)
+    #: The whole exchange.
+    total: float | None = attrs.field(default=120.0, validator=_positive_or_none)
+
+
+class Secret:
+    """An API key that never shows itself in a repr, str, log or traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        """Return the key itself: only for building the Authorization header."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> tuple[object, ...]:
+        msg = "an API key is not to be pickled"
+        raise TypeError(msg)
+
+
+def resolve_api_key(api_key: str | None) -> Secret:
+    """Take the key from the argument, else from ``WAN_API_KEY``.
+
+    Raises:
+        ConfigurationError: neither gives a usable key.
+    """
+    value = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+    if not value or not value.strip():
+        msg = f"no API key: pass api_key= or set the {API_KEY_ENV} environment variable"
+        raise ConfigurationError(msg)
+    if any(c in value for c in "\r\n"):
+        msg = "the API key contains a line break; check how it was read"
+        raise ConfigurationError(msg)
+    return Secret(value.strip())
+
+
+def resolve_base_url(base_url: str | None, *, allow_insecure_http: bool = False) -> str:
+    """Take the base URL from the argument, else ``WAN_BASE_URL``, else the documented service.
+
+    Plain ``http://`` is accepted for loopback only, unless ``allow_insecure_http`` says so:
+    the API key travels in every request.
+
+    Raises:
+        ConfigurationError: the URL is not an http(s) URL, or is plain http to a remote host.
+    """
+    value = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        msg = f"base URL must be an http(s) URL such as {DEFAULT_BASE_URL!r}, got {value!r}"
+        raise ConfigurationError(msg)
+    if parts.query or parts.fragment:
+        msg = f"base URL must not have a query or fragment, got {value!r}"
+        raise ConfigurationError(msg)
+    if parts.scheme == "http" and not allow_insecure_http and not _is_loopback(parts.hostname):
+        msg = (
+            f"refusing plain http to {parts.hostname}: the API key would cross the network "
+            "unencrypted; use https, or pass allow_insecure_http=True if you mean it"
+        )
+        raise ConfigurationError(msg)
+    return value.rstrip("/")
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -1,0 +1,247 @@
+"""The exception tree of wan_async.
+
+Every error the library raises derives from :class:`WanError`::
+
+    WanError
+    ├── ConfigurationError (also ValueError)   the client's own settings are unusable
+    ├── ValidationError (also ValueError)      a request breaks a model rule; nothing was sent
+    ├── ClientClosedError                      the client was used after aclose()
+    ├── TaskFailed                             the task ended in FAILURE upstream
+    ├── SubmitOutcomeUnknown                   a submit was sent, its answer was lost
+    ├── TransportError                         no HTTP answer at all
+    │   ├── WanConnectionError                 connection refused, reset or dropped
+    │   └── WanTimeoutError                    connect or read timed out
+    └── APIError                               an HTTP answer that is an error
+        ├── AuthenticationError                401: missing or invalid API key
+        ├── PermissionDeniedError              403: key not allowed here
+        │   └── QuotaExceededError             403: not enough quota
+        ├── BadRequestError                    4xx: the gateway refused the request
+        │   └── TaskNotFound                   400 task_not_exist: unknown or expired id
+        ├── ModelNotFoundError                 503 model_not_found: no channel serves the model
+        ├── RateLimitedError                   429: slow down
+        ├── ServerError                        5xx, gateway's JSON or a proxy's page
+        └── DecodeError                        a 2xx answer that is not what the API sends
+
+Errors carry what the server said (HTTP status, code, message, request id) and never the API key.
+``task_may_exist`` tells, for a failed submit, whether the gateway may have created (and billed)
+a task anyway: see :class:`SubmitOutcomeUnknown`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+
+if TYPE_CHECKING:
+    from ._models import TaskSnapshot, VideoRequest
+
+
+class WanError(Exception):
+    """Root of every error raised by wan_async."""
+
+    #: For a failed submit: the gateway may have created (and billed) a task anyway.
+    task_may_exist: bool = False
+
+    @property
+    def retryable(self) -> bool:
+        """Whether repeating the same call later may succeed."""
+        return False
+
+
+class ConfigurationError(WanError, ValueError):
+    """The client's settings are unusable (no API key, bad base URL)."""
+
+
+@attrs.frozen(kw_only=True)
+class Problem:
+    """One broken rule of a request: which field, what it held and what is allowed."""
+
+    field: str
+    value: object
+    allowed: str
+
+    def __str__(self) -> str:
+        return f"{self.field}={_short_repr(self.value)}: {self.allowed}"
+
+
+class ValidationError(WanError, ValueError):
+    """A request breaks one or more model rules; it was not sent."""
+
+    def __init__(self, problems: Sequence[Problem], *, model: str) -> None:
+        self.problems: tuple[Problem, ...] = tuple(problems)
+        self.model = model
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        n = len(self.problems)
+        super().__init__(
+            f"invalid request for model {model!r} ({n} problem{'s' if n != 1 else ''}), "
+            f"nothing was sent; fix these and try again:\n{lines}"
+        )
+
+
+class ClientClosedError(WanError):
+    """The client was closed; create a new one."""
+
+
+class TaskFailed(WanError):
+    """The task ended in FAILURE: the gateway (or upstream) gave up on it."""
+
+    def __init__(
+        self,
+        *,
+        task_id: str,
+        code: str | None,
+        message: str | None,
+        snapshot: TaskSnapshot | None = None,
+    ) -> None:
+        self.task_id = task_id
+        self.code = code
+        self.message = message
+        self.snapshot = snapshot
+        hint = (
+            "the prompt was refused by content moderation; rephrase it"
+            if code == "DataInspectionFailed"
+            else "check the code and message, fix the request, and submit a new task"
+        )
+        super().__init__(
+            f"task {task_id} failed: code={code or '-'} message={message or '-'}; {hint}"
+        )
+
+
+class SubmitOutcomeUnknown(WanError):
+    """A submit reached the wire but its answer was lost: a task may exist and be billed.
+
+    The gateway has no idempotency key, so the library never resubmits such a request on its
+    own. Look for the task in the gateway's console or logs (by time and prompt), or resubmit
+    deliberately if a possible duplicate is acceptable.
+    """
+
+    task_may_exist = True
+
+    def __init__(self, *, request: VideoRequest, submitted_at: float, cause: WanError) -> None:
+        self.request = request
+        self.submitted_at = submitted_at
+        self.cause = cause
+        super().__init__(
+            f"submit of a {request.model} task (prompt {_short_repr(request.prompt)}) was sent "
+            f"at unix time {submitted_at:.0f} but its answer was lost ({cause}); a task may "
+            "exist and be billed. It was not resubmitted: check the gateway's task list, or "
+            "resubmit yourself if a duplicate is acceptable"
+        )
+
+
+class TransportError(WanError):
+    """No usable HTTP answer: the connection failed or timed out."""
+
+    def __init__(self, message: str, *, method: str, path: str, task_may_exist: bool) -> None:
+        self.method = method
+        self.path = path
+        self.task_may_exist = task_may_exist
+        super().__init__(f"{method} {path}: {message}")
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
+class WanConnectionError(TransportError):
+    """The connection could not be opened, or broke before an answer arrived."""
+
+
+class WanTimeoutError(TransportError):
+    """Connecting or reading the answer took longer than the configured timeout."""
+
+
+class APIError(WanError):
+    """An HTTP answer that is an error, from the gateway or a proxy in front of it."""
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        path: str,
+        status: int,
+        code: str | None = None,
+        message: str | None = None,
+        request_id: str | None = None,
+        snippet: str | None = None,
+        retry_after: float | None = None,
+        task_may_exist: bool = False,
+        hint: str = "",
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.status = status
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        self.snippet = snippet
+        self.retry_after = retry_after
+        self.task_may_exist = task_may_exist
+        parts = [f"{method} {path} -> HTTP {status}"]
+        if code:
+            parts.append(f"code={code}")
+        if message:
+            parts.append(f"message={_short_repr(message, 300)}")
+        if snippet and not message:
+            parts.append(f"body={_short_repr(snippet, 200)}")
+        if request_id:
+            parts.append(f"request_id={request_id}")
+        if retry_after is not None:
+            parts.append(f"retry_after={retry_after:g}s")
+        text = " ".join(parts)
+        super().__init__(f"{text}; {hint}" if hint else text)
+
+
+class AuthenticationError(APIError):
+    """401: the API key is missing or invalid; set WAN_API_KEY or pass api_key=."""
+
+
+class PermissionDeniedError(APIError):
+    """403: the key may not do this (IP, group or model not allowed)."""
+
+
+class QuotaExceededError(PermissionDeniedError):
+    """403: the account has not enough quota left; top it up."""
+
+
+class BadRequestError(APIError):
+    """4xx: the gateway or upstream refused the request as it stands."""
+
+
+class TaskNotFound(BadRequestError):
+    """The gateway knows no task with this id (wrong id, another key's task, or expired)."""
+
+
+class ModelNotFoundError(APIError):
+    """503 model_not_found: the gateway has no channel serving this model."""
+
+
+class RateLimitedError(APIError):
+    """429: the gateway or upstream asks to slow down."""
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
+class ServerError(APIError):
+    """5xx (or 408): the gateway, upstream or a proxy failed; retrying later may work."""
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
+class DecodeError(APIError):
+    """A success status whose body is not what the API sends (HTML, truncated, wrong shape)."""
+
+    @property
+    def retryable(self) -> bool:
+        return True
+
+
+def _short_repr(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
