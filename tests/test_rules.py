@@ -151,7 +151,9 @@ def test_rules_table_is_data() -> None:
 @given(
     model=st.sampled_from([W25, W26, "wan-next"]),
     prompt=st.text(max_size=2100),
-    size=st.one_of(st.none(), st.text(max_size=12), st.sampled_from(sorted(SIZES_480P | SIZES_1080P))),
+    size=st.one_of(
+        st.none(), st.text(max_size=12), st.sampled_from(sorted(SIZES_480P | SIZES_1080P))
+    ),
     duration=st.one_of(st.none(), st.integers(-5, 30)),
     seed=st.one_of(st.none(), st.integers(-(2**32), 2**32)),
     shot_type=st.one_of(st.none(), st.sampled_from(["single", "multi", "other"])),

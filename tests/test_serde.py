@@ -228,7 +228,13 @@ def test_submit_answer_without_id_is_a_value_error() -> None:
 def test_error_shapes() -> None:
     """Both error shapes of SPEC §4 give code, message and request id."""
     middleware = parse_error_body(
-        {"error": {"message": "Invalid token (request id: 2025abc)", "type": "new_api_error", "code": ""}}
+        {
+            "error": {
+                "message": "Invalid token (request id: 2025abc)",
+                "type": "new_api_error",
+                "code": "",
+            }
+        }
     )
     assert middleware.from_gateway
     assert middleware.request_id == "2025abc"
@@ -238,7 +244,9 @@ def test_error_shapes() -> None:
     assert not parse_error_body("<html>").from_gateway
 
 
-_json_scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=10))
+_json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(max_size=10)
+)
 _json = st.recursive(
     _json_scalars,
     lambda inner: st.one_of(
@@ -246,11 +254,34 @@ _json = st.recursive(
     ),
     max_leaves=8,
 )
-_KNOWN = {"task_id", "status", "fail_reason", "result_url", "progress", "submit_time", "start_time",
-          "finish_time", "updated_at", "data", "output", "usage", "request_id", "video_url",
-          "orig_prompt", "actual_prompt", "code", "message", "task_status", "video_count",
-          "video_duration", "video_ratio", "end_time"}
-_extra_keys = st.dictionaries(st.text(max_size=12).filter(lambda k: k not in _KNOWN), _json, max_size=4)
+_KNOWN = {
+    "task_id",
+    "status",
+    "fail_reason",
+    "result_url",
+    "progress",
+    "submit_time",
+    "start_time",
+    "finish_time",
+    "updated_at",
+    "data",
+    "output",
+    "usage",
+    "request_id",
+    "video_url",
+    "orig_prompt",
+    "actual_prompt",
+    "code",
+    "message",
+    "task_status",
+    "video_count",
+    "video_duration",
+    "video_ratio",
+    "end_time",
+}
+_extra_keys = st.dictionaries(
+    st.text(max_size=12).filter(lambda k: k not in _KNOWN), _json, max_size=4
+)
 
 
 @given(

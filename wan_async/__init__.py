@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from ._client import WanClient
+from ._batch import Outcome
+from ._client import ClientStats, WanClient
 from ._clock import Clock, ScaledClock, SystemClock
 from ._config import DEFAULT_BASE_URL, Timeouts
 from ._exceptions import (
     APIError,
     AuthenticationError,
     BadRequestError,
+    BatchAborted,
     ClientClosedError,
     ConfigurationError,
+    DeadlineExceeded,
     DecodeError,
     ModelNotFoundError,
     PermissionDeniedError,
@@ -27,8 +30,10 @@ from ._exceptions import (
     WanError,
     WanTimeoutError,
 )
+from ._handle import TaskHandle
 from ._models import TaskCreated, TaskSnapshot, TaskStatus, Usage, VideoRequest, VideoResult
 from ._rules import MODEL_RULES, ModelRules
+from ._schedule import PollPolicy
 from ._version import __version__
 
 __all__ = [
@@ -37,13 +42,18 @@ __all__ = [
     "APIError",
     "AuthenticationError",
     "BadRequestError",
+    "BatchAborted",
     "ClientClosedError",
+    "ClientStats",
     "Clock",
     "ConfigurationError",
+    "DeadlineExceeded",
     "DecodeError",
     "ModelNotFoundError",
     "ModelRules",
+    "Outcome",
     "PermissionDeniedError",
+    "PollPolicy",
     "Problem",
     "QuotaExceededError",
     "RateLimitedError",
@@ -53,6 +63,7 @@ __all__ = [
     "SystemClock",
     "TaskCreated",
     "TaskFailed",
+    "TaskHandle",
     "TaskNotFound",
     "TaskSnapshot",
     "TaskStatus",

@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar, overload
 from urllib.parse import quote
 
+import anyio
+import attrs
+from anyio.abc import TaskGroup
+
+from ._batch import Batch, Outcome
 from ._clock import Clock, SystemClock
 from ._config import Timeouts, resolve_api_key, resolve_base_url
-from ._exceptions import ClientClosedError, DecodeError, SubmitOutcomeUnknown, WanError
-from ._models import TaskCreated, TaskSnapshot, VideoRequest
+from ._exceptions import (
+    ClientClosedError,
+    DecodeError,
+    RateLimitedError,
+    SubmitOutcomeUnknown,
+    WanError,
+)
+from ._handle import TaskHandle
+from ._models import TaskCreated, TaskSnapshot, VideoRequest, VideoResult
+from ._poller import Poller, PollerStats, StatusListener
+from ._ratelimit import RateBudget, RateStats
+from ._schedule import PollPolicy, duration_key
 from ._serde import created_from_wire, request_to_wire, snapshot_from_wire
 from ._transport import Answer, Transport
 
@@ -19,20 +34,35 @@ if TYPE_CHECKING:
     import aiohttp
 
 SUBMIT_PATH = "/v1/video/generations"
+#: The name of the one poller task of each running client (visible in asyncio.all_tasks()).
+POLLER_TASK_NAME = "wan_async.poller"
 
 _T = TypeVar("_T")
 
 
 class _State(enum.Enum):
-    OPEN = "open"
+    NEW = "new"
+    RUNNING = "running"
     CLOSED = "closed"
+
+
+@attrs.frozen(kw_only=True)
+class ClientStats:
+    """What a client has spent: requests by kind, the poller's work, the rate in force."""
+
+    submits: int
+    poller: PollerStats
+    rate: RateStats
 
 
 class WanClient:
     """An async client for the Wan text-to-video gateway.
 
-    Use it as ``async with WanClient() as client:``, or call :meth:`aclose` when done. A closed
-    client cannot be reopened. One client is safe to share between many concurrent callers.
+    Use it as ``async with WanClient() as client:``: entering starts the one shared poller that
+    watches every task of the client; leaving (or :meth:`aclose`) stops it and fails pending
+    waits with :class:`ClientClosedError`. A closed client cannot be reopened. One client is
+    safe to share between many concurrent callers. The low-level :meth:`create_task` and
+    :meth:`get_task` also work without entering.
 
     Args:
         api_key: the gateway key; default ``$WAN_API_KEY``.
@@ -41,6 +71,11 @@ class WanClient:
         session: an aiohttp session to use (and never close); default: one of our own.
         clock: where time is read (a :class:`~wan_async.testing.ScaledClock` in tests).
         allow_insecure_http: permit plain ``http://`` to a host that is not loopback.
+        max_concurrent_submits: submits in flight at once.
+        max_in_flight: default for batches: tasks submitted and not yet ended at once.
+        max_requests_per_second: the budget shared by submits and polls, per clock second
+            (``None``: unlimited until the gateway answers 429).
+        poll_policy: how the shared poller spends its requests.
 
     Raises:
         ConfigurationError: no API key, or an unusable base URL.
@@ -55,16 +90,35 @@ class WanClient:
         session: aiohttp.ClientSession | None = None,
         clock: Clock | None = None,
         allow_insecure_http: bool = False,
+        max_concurrent_submits: int = 8,
+        max_in_flight: int = 500,
+        max_requests_per_second: float | None = 10.0,
+        poll_policy: PollPolicy = PollPolicy(),  # noqa: B008 - frozen
     ) -> None:
+        if max_concurrent_submits < 1 or max_in_flight < 1:
+            msg = "max_concurrent_submits and max_in_flight must be at least 1"
+            raise ValueError(msg)
         self.base_url = resolve_base_url(base_url, allow_insecure_http=allow_insecure_http)
         self.clock: Clock = clock or SystemClock()
+        self.max_in_flight = max_in_flight
         self._transport = Transport(
             base_url=self.base_url,
             api_key=resolve_api_key(api_key),
             timeouts=timeouts,
             session=session,
         )
-        self._state = _State.OPEN
+        self._budget = RateBudget(
+            rate=max_requests_per_second,
+            burst=max(1, int(max_requests_per_second or 1)),
+            clock=self.clock,
+        )
+        self._submit_slots = anyio.Semaphore(max_concurrent_submits)
+        self._poller = Poller(
+            fetch=self.get_task, budget=self._budget, clock=self.clock, policy=poll_policy
+        )
+        self._task_group: TaskGroup | None = None
+        self._submits = 0
+        self._state = _State.NEW
 
     def __repr__(self) -> str:
         return f"<WanClient base_url={self.base_url!r} {self._state.value}>"
@@ -74,8 +128,28 @@ class WanClient:
         """Whether :meth:`aclose` has been called."""
         return self._state is _State.CLOSED
 
+    @property
+    def stats(self) -> ClientStats:
+        """Requests spent so far and the rate in force."""
+        return ClientStats(
+            submits=self._submits, poller=self._poller.stats, rate=self._budget.stats
+        )
+
     async def __aenter__(self) -> WanClient:
         self._check_open()
+        if self._state is _State.RUNNING:
+            msg = "this WanClient is already running; enter it once"
+            raise RuntimeError(msg)
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        try:
+            await task_group.start(self._poller.run, name=POLLER_TASK_NAME)
+        except BaseException:
+            task_group.cancel_scope.cancel()
+            await task_group.__aexit__(None, None, None)
+            raise
+        self._task_group = task_group
+        self._state = _State.RUNNING
         return self
 
     async def __aexit__(
@@ -91,12 +165,197 @@ class WanClient:
         if self._state is _State.CLOSED:
             return
         self._state = _State.CLOSED
-        await self._transport.aclose()
+        self._poller.close()
+        task_group, self._task_group = self._task_group, None
+        try:
+            if task_group is not None:
+                task_group.cancel_scope.cancel()
+                await task_group.__aexit__(None, None, None)
+        finally:
+            await self._transport.aclose()
 
     def _check_open(self) -> None:
         if self._state is _State.CLOSED:
             msg = "this WanClient is closed and cannot be reused; create a new one"
             raise ClientClosedError(msg)
+
+    def _running(self) -> TaskGroup:
+        self._check_open()
+        if self._task_group is None:
+            msg = "the poller is not running: use `async with WanClient(...) as client:`"
+            raise RuntimeError(msg)
+        return self._task_group
+
+    # -- the engine ---------------------------------------------------------------------
+
+    async def submit(self, request: VideoRequest) -> TaskHandle:
+        """Submit one task and return its handle at once; ``await handle`` for the video.
+
+        Submits are bounded by ``max_concurrent_submits`` and draw on the request budget.
+
+        Raises:
+            SubmitOutcomeUnknown: the answer was lost; a task may exist (never resubmitted).
+            WanError: the gateway refused the task (nothing was created).
+        """
+        self._running()
+        async with self._submit_slots:
+            await self._budget.acquire()
+            self._submits += 1
+            try:
+                created = await self.create_task(request)
+            except RateLimitedError:
+                self._budget.throttled()
+                raise
+        handle = TaskHandle(created.task_id, request=request, clock=self.clock)
+        key = duration_key(request.model, request.size, request.duration)
+        self._poller.track(handle, key=key, submitted=True)
+        return handle
+
+    async def generate(self, request: VideoRequest, *, timeout: float | None = None) -> VideoResult:
+        """Submit one task and wait for its video.
+
+        Args:
+            timeout: clock seconds to wait for the end; the task goes on after a timeout.
+
+        Raises:
+            TaskFailed: the task ended in FAILURE.
+            TimeoutError: the timeout passed (the task goes on; attach to collect it).
+            WanError: as :meth:`submit`.
+        """
+        handle = await self.submit(request)
+        return await handle.wait(timeout)
+
+    def attach(self, task_id: str) -> TaskHandle:
+        """Track a task submitted earlier (elsewhere, or before a restart) by its id.
+
+        Attaching to a task this client already tracks returns the same handle.
+
+        Raises:
+            ValueError: the id is empty.
+        """
+        self._running()
+        if not isinstance(task_id, str) or not task_id.strip():
+            msg = f"task_id must be a non-empty string, got {task_id!r}"
+            raise ValueError(msg)
+        existing = self._poller.get(task_id)
+        if existing is not None:
+            return existing
+        handle = TaskHandle(task_id, request=None, clock=self.clock)
+        self._poller.track(handle, key=None, submitted=False)
+        return handle
+
+    def add_status_listener(self, listener: StatusListener) -> None:
+        """Call ``listener(handle, snapshot)`` on every status change the poller sees."""
+        self._poller.add_listener(listener)
+
+    async def as_completed(
+        self,
+        requests: Iterable[VideoRequest],
+        *,
+        max_in_flight: int | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        fail_fast: bool = False,
+    ) -> AsyncIterator[Outcome]:
+        """Run a batch and yield each item's :class:`Outcome` as it ends.
+
+        Args:
+            requests: the batch; each already validated (they are ``VideoRequest``).
+            max_in_flight: tasks submitted and not yet ended at once (default: the client's).
+                The next item is submitted when one ends, so a huge batch never floods the
+                gateway.
+            timeout: clock seconds each item may wait for its task to end.
+            deadline: clock seconds from now for the whole batch.
+            fail_fast: stop the batch at the first failed item. Without it, one failure
+                never stops the others (a rejected API key always stops the batch).
+
+        Every item yields exactly one outcome; items cut short by the deadline or a stop end
+        with :class:`DeadlineExceeded` or :class:`BatchAborted`. Leaving the loop early stops
+        the batch.
+        """
+        task_group = self._running()
+        items = _checked_requests(requests)
+        batch = Batch(
+            items,
+            submit=self.submit,
+            clock=self.clock,
+            max_in_flight=max_in_flight or self.max_in_flight,
+            item_timeout=timeout,
+            deadline=deadline,
+            fail_fast=fail_fast,
+        )
+        task_group.start_soon(batch.run)
+        async for outcome in batch.outcomes():
+            yield outcome
+
+    @overload
+    async def generate_many(
+        self,
+        requests: Iterable[VideoRequest],
+        *,
+        return_outcomes: Literal[False] = False,
+        max_in_flight: int | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        fail_fast: bool = False,
+    ) -> list[VideoResult]: ...
+
+    @overload
+    async def generate_many(
+        self,
+        requests: Iterable[VideoRequest],
+        *,
+        return_outcomes: Literal[True],
+        max_in_flight: int | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        fail_fast: bool = False,
+    ) -> list[Outcome]: ...
+
+    async def generate_many(
+        self,
+        requests: Iterable[VideoRequest],
+        *,
+        return_outcomes: bool = False,
+        max_in_flight: int | None = None,
+        timeout: float | None = None,
+        deadline: float | None = None,
+        fail_fast: bool = False,
+    ) -> list[VideoResult] | list[Outcome]:
+        """Run a batch and return its results in input order.
+
+        Args:
+            return_outcomes: return one :class:`Outcome` per item instead of raising.
+            max_in_flight, timeout, deadline, fail_fast: as for :meth:`as_completed`.
+
+        Raises:
+            WanError: without ``return_outcomes``, the first failed item's error (by input
+                order), once every item has ended; pass ``return_outcomes=True`` to keep the
+                videos that did succeed.
+        """
+        items = _checked_requests(requests)
+        outcomes: list[Outcome | None] = [None] * len(items)
+        async for outcome in self.as_completed(
+            items,
+            max_in_flight=max_in_flight,
+            timeout=timeout,
+            deadline=deadline,
+            fail_fast=fail_fast,
+        ):
+            outcomes[outcome.index] = outcome
+        complete = [
+            o
+            if o is not None
+            else Outcome(
+                index=i, request=items[i], error=ClientClosedError("the client closed mid-batch")
+            )
+            for i, o in enumerate(outcomes)
+        ]
+        if return_outcomes:
+            return complete
+        return [o.unwrap() for o in complete]
+
+    # -- low level ------------------------------------------------------------------------
 
     async def create_task(self, request: VideoRequest) -> TaskCreated:
         """Submit one task, once: never retried here, since a retry may bill twice.
@@ -139,6 +398,15 @@ class WanClient:
         path = f"{SUBMIT_PATH}/{quote(task_id, safe='')}"
         answer = await self._transport.request("GET", path)
         return _decoded(answer, path, "GET", snapshot_from_wire)
+
+
+def _checked_requests(requests: Iterable[VideoRequest]) -> list[VideoRequest]:
+    items = list(requests)
+    for index, item in enumerate(items):
+        if not isinstance(item, VideoRequest):
+            msg = f"item {index} of the batch is a {type(item).__name__}, not a VideoRequest"
+            raise TypeError(msg)
+    return items
 
 
 def _decoded(answer: Answer, path: str, method: str, parse: Callable[[object], _T]) -> _T:

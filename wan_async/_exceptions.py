@@ -7,6 +7,8 @@ Every error the library raises derives from :class:`WanError`::
     ├── ValidationError (also ValueError)      a request breaks a model rule; nothing was sent
     ├── ClientClosedError                      the client was used after aclose()
     ├── TaskFailed                             the task ended in FAILURE upstream
+    ├── DeadlineExceeded (also TimeoutError)   a wait or a batch ran out of time
+    ├── BatchAborted                           a batch item was not run to its end
     ├── SubmitOutcomeUnknown                   a submit was sent, its answer was lost
     ├── TransportError                         no HTTP answer at all
     │   ├── WanConnectionError                 connection refused, reset or dropped
@@ -107,6 +109,27 @@ class TaskFailed(WanError):
         super().__init__(
             f"task {task_id} failed: code={code or '-'} message={message or '-'}; {hint}"
         )
+
+
+class DeadlineExceeded(WanError, TimeoutError):
+    """A wait or a batch ran out of time; a submitted task goes on and can be attached later."""
+
+    def __init__(self, message: str, *, task_id: str | None = None) -> None:
+        self.task_id = task_id
+        super().__init__(message)
+
+
+class BatchAborted(WanError):
+    """A batch item was not run to its end because the batch stopped (fail-fast, a bad key).
+
+    ``task_id`` is set when the item had been submitted: that task goes on upstream and can be
+    attached later. ``cause`` is the error that stopped the batch.
+    """
+
+    def __init__(self, message: str, *, task_id: str | None, cause: BaseException | None) -> None:
+        self.task_id = task_id
+        self.cause = cause
+        super().__init__(message)
 
 
 class SubmitOutcomeUnknown(WanError):

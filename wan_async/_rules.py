@@ -104,9 +104,7 @@ def _generic_problems(r: VideoRequest) -> list[Problem]:
         or not isinstance(r.seed, int)
         or not SEED_MIN <= r.seed <= SEED_MAX
     ):
-        out.append(
-            Problem(field="seed", value=r.seed, allowed=f"an integer {SEED_MIN}-{SEED_MAX}")
-        )
+        out.append(Problem(field="seed", value=r.seed, allowed=f"an integer {SEED_MIN}-{SEED_MAX}"))
     for name in ("prompt_extend", "watermark", "audio"):
         value = getattr(r, name)
         if value is not None and not isinstance(value, bool):
@@ -143,9 +141,7 @@ def _model_problems(r: VideoRequest, m: ModelRules) -> list[Problem]:
             )
         )
     if isinstance(r.size, str) and _SIZE_RE.match(r.size) and r.size not in m.sizes:
-        out.append(
-            Problem(field="size", value=r.size, allowed=f"one of {_sorted_sizes(m.sizes)}")
-        )
+        out.append(Problem(field="size", value=r.size, allowed=f"one of {_sorted_sizes(m.sizes)}"))
     if (
         isinstance(r.duration, int)
         and not isinstance(r.duration, bool)
@@ -157,9 +153,7 @@ def _model_problems(r: VideoRequest, m: ModelRules) -> list[Problem]:
     if r.shot_type is not None:
         if not m.shot_type:
             out.append(
-                Problem(
-                    field="shot_type", value=r.shot_type, allowed=f"not supported by {m.name}"
-                )
+                Problem(field="shot_type", value=r.shot_type, allowed=f"not supported by {m.name}")
             )
         elif m.shot_type_needs_prompt_extend and r.prompt_extend is False:
             out.append(

@@ -1,0 +1,208 @@
+"""The shared poller: one coroutine for all tasks, a schedule that spends few GETs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+
+import anyio
+import pytest
+
+from wan_async import (
+    ClientClosedError,
+    TaskFailed,
+    TaskHandle,
+    TaskNotFound,
+    TaskSnapshot,
+    TaskStatus,
+    VideoRequest,
+    WanClient,
+)
+from wan_async._client import POLLER_TASK_NAME
+from wan_async.testing import FakeGateway, Fault, ScaledClock
+
+from .conftest import fixed_processing, make_client
+
+pytestmark = pytest.mark.anyio
+
+
+def request(i: int, *, fail: bool = False) -> VideoRequest:
+    """A distinct prompt per item, so the simulator counts tasks per item."""
+    return VideoRequest(prompt=f"{'[fail] ' if fail else ''}scene {i}", model="wan2.6-t2v")
+
+
+def client_tasks() -> list[str]:
+    """Names of the running asyncio tasks that belong to the client (not the simulator)."""
+    return sorted(
+        t.get_name()
+        for t in asyncio.all_tasks()
+        if t.get_name() == POLLER_TASK_NAME or "Poller." in t.get_name()
+    )
+
+
+def poller_tasks() -> list[asyncio.Task[object]]:
+    """The running asyncio tasks that are a client's poller."""
+    return [t for t in asyncio.all_tasks() if t.get_name() == POLLER_TASK_NAME]
+
+
+async def test_one_poller_whatever_the_number_of_tasks(client: WanClient) -> None:
+    """Submitting 40 tasks adds no asyncio task: one poller (and its fixed workers) serve all."""
+    assert len(poller_tasks()) == 1
+    before = client_tasks()
+    handles = [await client.submit(request(i)) for i in range(40)]
+    assert client_tasks() == before
+    assert len(poller_tasks()) == 1
+    results = [await h for h in handles]
+    assert len({r.task_id for r in results}) == 40
+
+
+async def test_every_handle_resolves_exactly_once(gateway: FakeGateway) -> None:
+    """Each task is seen terminal once and its handle settles once, however many waiters."""
+    terminal: list[str] = []
+
+    def listen(handle: TaskHandle, snap: TaskSnapshot) -> None:
+        if snap.is_terminal:
+            terminal.append(handle.task_id)
+
+    async with make_client(gateway) as client:
+        client.add_status_listener(listen)
+        handles = [await client.submit(request(i, fail=i % 5 == 0)) for i in range(20)]
+        async with anyio.create_task_group() as tg:
+            for h in handles:
+                for _ in range(3):  # three waiters per handle
+                    tg.start_soon(_wait_quietly, h)
+    assert sorted(terminal) == sorted(h.task_id for h in handles)
+    for i, h in enumerate(handles):
+        assert h.done()
+        if i % 5 == 0:
+            assert isinstance(h.exception(), TaskFailed)
+        else:
+            assert h.result().task_id == h.task_id
+    # The gateway answered each task's end exactly once: no GET after the end was seen.
+    for info in gateway.tasks():
+        assert info.first_terminal_get is not None
+
+
+async def _wait_quietly(handle: TaskHandle) -> None:
+    with contextlib.suppress(TaskFailed):
+        await handle
+
+
+async def test_polls_are_few_and_never_within_a_refresh(gateway: FakeGateway) -> None:
+    """Fixed 90 s tasks on a 15 s tick: every task is asked about only a handful of times."""
+    async with make_client(gateway) as client:
+        handles = [await client.submit(request(i)) for i in range(4)]  # 4 slots: no queueing
+        for h in handles:
+            await h
+        # After learning the durations, the next round needs even fewer polls.
+        second = [await client.submit(request(10 + i)) for i in range(4)]
+        for h in second:
+            await h
+    per_task = [gateway.stats.gets_per_task[h.task_id] for h in handles + second]
+    naive = 90 / (15 / 3)  # polling every third of a tick for a 90 s task: 18 GETs
+    assert max(per_task) <= naive / 3
+    assert max(gateway.stats.gets_per_task[h.task_id] for h in second) <= 3
+    for info in gateway.tasks():
+        times = info.get_times
+        gaps = [b - a for a, b in itertools.pairwise(times)]
+        assert all(gap >= gateway.tick * 0.9 for gap in gaps), gaps
+
+
+async def test_detection_is_prompt(gateway: FakeGateway) -> None:
+    """The GET that sees a task end comes soon after the gateway saw it end."""
+    async with make_client(gateway) as client:
+        handles = [await client.submit(request(i)) for i in range(8)]
+        for h in handles:
+            await h
+    lags = gateway.detection_lags()
+    assert len(lags) == 8
+    # Within a third of a tick (what a naive 'every 5 s' poller guarantees) for most tasks.
+    assert sorted(lags)[len(lags) // 2] <= gateway.tick / 3
+
+
+async def test_attach_by_id(gateway: FakeGateway, client: WanClient) -> None:
+    """A task created elsewhere is tracked by id; attaching twice gives the same handle."""
+    created = await client.create_task(request(1))
+    handle = client.attach(created.task_id)
+    assert client.attach(created.task_id) is handle
+    result = await handle
+    assert result.task_id == created.task_id
+
+
+async def test_attach_unknown_id_fails_that_handle_only(client: WanClient) -> None:
+    """task_not_exist fails the attached handle with TaskNotFound; others go on."""
+    good = await client.submit(request(1))
+    bad = client.attach("task_unknown000")
+    with pytest.raises(TaskNotFound):
+        await bad
+    assert (await good).task_id == good.task_id
+
+
+async def test_cancelling_one_waiter_leaves_the_others(client: WanClient) -> None:
+    """A waiter cancelled mid-wait stops only its own wait."""
+    handle = await client.submit(request(1))
+    with anyio.move_on_after(0.01):
+        await handle
+    assert not handle.done()
+    result = await handle
+    assert result.task_id == handle.task_id
+
+
+async def test_wait_timeout_keeps_the_task_tracked(client: WanClient) -> None:
+    """A per-wait timeout raises TimeoutError; the task goes on and can be awaited again."""
+    handle = await client.submit(request(1))
+    with pytest.raises(TimeoutError):
+        await handle.wait(timeout=5)
+    assert (await handle.wait()).task_id == handle.task_id
+
+
+async def test_close_fails_pending_waits(gateway: FakeGateway) -> None:
+    """Leaving the client fails outstanding handles with ClientClosedError; nothing leaks."""
+    async with make_client(gateway) as client:
+        handle = await client.submit(request(1))
+    with pytest.raises(ClientClosedError):
+        await handle
+    assert poller_tasks() == []
+
+
+async def test_rate_limits_slow_the_client_without_failing_tasks() -> None:
+    """429s on polls shrink the shared rate; every task still succeeds."""
+    async with FakeGateway(
+        clock=ScaledClock(300), slots=8, processing_time=fixed_processing(45.0)
+    ) as gw:
+        gw.inject(Fault.RATE_LIMIT, on="get", times=6)
+        async with make_client(gw, max_requests_per_second=20.0) as client:
+            handles = [await client.submit(request(i)) for i in range(8)]
+            results = [await h for h in handles]
+            squeezed = client.stats
+            await client.clock.sleep(120)  # twelve quiet cooldowns
+            recovered = client.stats
+    assert len(results) == 8
+    assert squeezed.poller.rate_limited == 6
+    assert squeezed.rate.throttles == 6
+    assert squeezed.rate.lowest_rate <= 10.0  # halved at once...
+    assert recovered.rate.current_rate == 20.0  # ...and recovered once the 429s stopped
+
+
+async def test_transient_poll_errors_are_retried(gateway: FakeGateway) -> None:
+    """5xx, HTML and resets while polling never fail a task."""
+    for fault in (Fault.SERVER_ERROR, Fault.BAD_GATEWAY_HTML, Fault.TRUNCATED_JSON):
+        gateway.inject(fault, on="get", times=2)
+    async with make_client(gateway) as client:
+        handles = [await client.submit(request(i)) for i in range(3)]
+        for h in handles:
+            await h
+        assert client.stats.poller.poll_errors == 6
+
+
+async def test_status_regression_and_unknown_status_keep_polling(gateway: FakeGateway) -> None:
+    """A step back to QUEUED or an unknown status does not end or break tracking."""
+    seen: list[TaskStatus] = []
+    gateway.inject(Fault.UNKNOWN_STATUS, on="get", times=2)
+    async with make_client(gateway) as client:
+        client.add_status_listener(lambda h, s: seen.append(s.status))
+        handle = await client.submit(request(1))
+        await handle
+    assert TaskStatus.UNKNOWN in seen
+    assert seen[-1] is TaskStatus.SUCCESS

@@ -1,0 +1,162 @@
+"""Batches: many requests through one client, with back-pressure, deadlines and outcomes.
+
+A batch runs in the client's own task group, not in the caller's: the caller only reads
+outcomes from a stream. So leaving an ``async for`` early, or cancelling the caller, stops the
+batch cleanly (its scope is cancelled) without cancel scopes crossing generator frames.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+
+import anyio
+import attrs
+
+from ._clock import Clock
+from ._exceptions import (
+    AuthenticationError,
+    BatchAborted,
+    DeadlineExceeded,
+    ModelNotFoundError,
+    PermissionDeniedError,
+)
+from ._handle import TaskHandle
+from ._models import VideoRequest, VideoResult
+
+#: Errors that will hit every item alike: one is enough to stop the batch.
+_BATCH_FATAL = (AuthenticationError, PermissionDeniedError, ModelNotFoundError)
+
+
+@attrs.frozen(kw_only=True)
+class Outcome:
+    """How one batch item ended: a result, or the error that ended it."""
+
+    #: Position of the request in the batch's input.
+    index: int
+    request: VideoRequest
+    #: Set once the task was created (also on most failures: the task exists upstream).
+    task_id: str | None = None
+    result: VideoResult | None = None
+    error: BaseException | None = None
+
+    @property
+    def ok(self) -> bool:
+        """Whether the item produced a video."""
+        return self.result is not None
+
+    def unwrap(self) -> VideoResult:
+        """Return the result, or raise the item's error."""
+        if self.result is None:
+            assert self.error is not None
+            raise self.error
+        return self.result
+
+
+Submit = Callable[[VideoRequest], Awaitable[TaskHandle]]
+
+
+class Batch:
+    """Runs one batch: submits under an in-flight limit, waits, reports each outcome once."""
+
+    def __init__(
+        self,
+        requests: Sequence[VideoRequest],
+        *,
+        submit: Submit,
+        clock: Clock,
+        max_in_flight: int,
+        item_timeout: float | None,
+        deadline: float | None,
+        fail_fast: bool,
+    ) -> None:
+        self._requests = requests
+        self._submit = submit
+        self._clock = clock
+        self._slots = anyio.Semaphore(max_in_flight)
+        self._item_timeout = item_timeout
+        self._fail_fast = fail_fast
+        now = anyio.current_time()
+        real_deadline = math.inf if deadline is None else now + deadline / clock.scale
+        self._scope = anyio.CancelScope(deadline=real_deadline)
+        self._task_ids: dict[int, str] = {}
+        self._reported: set[int] = set()
+        self._stop_cause: BaseException | None = None
+        self._send, self._receive = anyio.create_memory_object_stream[Outcome](len(requests))
+
+    def stop(self) -> None:
+        """Stop the batch: unfinished items are reported as aborted."""
+        self._scope.cancel()
+
+    async def run(self) -> None:
+        """Submit and wait for every item, then report the ones the batch cut short."""
+        async with self._send:
+            with self._scope:
+                async with anyio.create_task_group() as tg:
+                    for index, request in enumerate(self._requests):
+                        await self._slots.acquire()
+                        tg.start_soon(self._item, index, request)
+            for index, request in enumerate(self._requests):
+                if index not in self._reported:
+                    error = self._cut_short_error(index)
+                    task_id = self._task_ids.get(index)
+                    self._report(
+                        Outcome(index=index, request=request, task_id=task_id, error=error)
+                    )
+
+    async def outcomes(self) -> AsyncIterator[Outcome]:
+        """Yield each item's outcome as it ends; stops the batch if the reader leaves early."""
+        try:
+            async with self._receive:
+                async for outcome in self._receive:
+                    yield outcome
+        finally:
+            self.stop()
+
+    def _cut_short_error(self, index: int) -> BaseException:
+        task_id = self._task_ids.get(index)
+        where = (
+            f"task {task_id} goes on upstream; attach to it to collect it"
+            if task_id
+            else "it was never submitted"
+        )
+        if self._stop_cause is None and anyio.current_time() >= self._scope.deadline:
+            return DeadlineExceeded(f"the batch deadline passed; {where}", task_id=task_id)
+        cause = self._stop_cause
+        why = f"the batch stopped after {type(cause).__name__}" if cause else "the batch stopped"
+        return BatchAborted(f"{why}; {where}", task_id=task_id, cause=cause)
+
+    def _report(self, outcome: Outcome) -> None:
+        self._reported.add(outcome.index)
+        self._send.send_nowait(outcome)
+
+    async def _item(self, index: int, request: VideoRequest) -> None:
+        try:
+            outcome = await self._run_item(index, request)
+            self._report(outcome)
+            if outcome.error is not None and (
+                self._fail_fast or isinstance(outcome.error, _BATCH_FATAL)
+            ):
+                self._stop_cause = outcome.error
+                self._scope.cancel()
+        finally:
+            self._slots.release()
+
+    async def _run_item(self, index: int, request: VideoRequest) -> Outcome:
+        try:
+            handle = await self._submit(request)
+        except Exception as exc:
+            return Outcome(index=index, request=request, error=exc)
+        self._task_ids[index] = handle.task_id
+        try:
+            result = await handle.wait(self._item_timeout)
+        except TimeoutError:
+            error: BaseException = DeadlineExceeded(
+                f"task {handle.task_id} did not end within {self._item_timeout:g}s; it goes on "
+                "upstream, attach to it to collect it",
+                task_id=handle.task_id,
+            )
+            return Outcome(index=index, request=request, task_id=handle.task_id, error=error)
+        except Exception as exc:
+            return Outcome(index=index, request=request, task_id=handle.task_id, error=exc)
+        return Outcome(index=index, request=request, task_id=handle.task_id, result=result)

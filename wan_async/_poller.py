@@ -1,0 +1,339 @@
+"""The one shared poller: a single coroutine that checks every outstanding task of a client.
+
+Tasks wait in a heap ordered by the time of their next check (see :mod:`wan_async._schedule`
+for how that time is chosen). The poller sleeps until the earliest one is due or a new task
+arrives, draws one request from the client's shared :class:`~wan_async._ratelimit.RateBudget`,
+and hands the most promising due task to one of a few GET workers. A worker's answer updates
+the task's handle, resolves it when the task has ended, or puts it back in the heap.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import random
+from collections.abc import Awaitable, Callable
+
+import anyio
+import attrs
+from anyio.abc import TaskStatus as AnyioTaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from ._clock import Clock
+from ._exceptions import (
+    ClientClosedError,
+    RateLimitedError,
+    TaskFailed,
+    TaskNotFound,
+    WanError,
+)
+from ._handle import TaskHandle
+from ._models import TaskSnapshot, TaskStatus, VideoResult
+from ._ratelimit import RateBudget
+from ._schedule import DurationKey, DurationModel, PollPolicy, RefreshEstimate, next_check
+
+logger = logging.getLogger("wan_async")
+
+Fetch = Callable[[str], Awaitable[TaskSnapshot]]
+StatusListener = Callable[[TaskHandle, TaskSnapshot], None]
+
+
+@attrs.define(slots=True, eq=False)
+class Watch:
+    """The poller's private record of one outstanding task."""
+
+    handle: TaskHandle
+    key: DurationKey | None
+    #: Gateway time of the latest answer (or of the submit).
+    seen_at: float
+    next_at: float
+    refreshed_at: float | None = None
+    started_at: float | None = None
+    errors: int = 0
+    active: bool = True
+
+
+@attrs.frozen(kw_only=True)
+class PollerStats:
+    """What the poller has done so far."""
+
+    outstanding: int
+    polls: int
+    poll_errors: int
+    rate_limited: int
+    refresh_period: float
+
+
+class Poller:
+    """Checks all outstanding tasks of one client from a single coroutine (:meth:`run`)."""
+
+    def __init__(
+        self,
+        *,
+        fetch: Fetch,
+        budget: RateBudget,
+        clock: Clock,
+        policy: PollPolicy,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._fetch = fetch
+        self._budget = budget
+        self._clock = clock
+        self._policy = policy
+        self._rng = rng or random.Random()
+        self._durations = DurationModel(policy)
+        self._refresh = RefreshEstimate(policy.refresh_period)
+        self._heap: list[tuple[float, int, Watch]] = []
+        self._watches: dict[str, Watch] = {}
+        self._seq = 0
+        self._wakeup = anyio.Event()
+        self._skew = 0.0
+        #: The latest refresh time seen on any task: the phase of the gateway's refresh loop.
+        self._phase: float | None = None
+        self._probing = False
+        self._listeners: list[StatusListener] = []
+        self._closed = False
+        self._polls = 0
+        self._poll_errors = 0
+        self._rate_limited = 0
+
+    # -- public to the client ------------------------------------------------------------
+
+    @property
+    def stats(self) -> PollerStats:
+        """Counters for tests, benchmarks and progress displays."""
+        return PollerStats(
+            outstanding=len(self._watches),
+            polls=self._polls,
+            poll_errors=self._poll_errors,
+            rate_limited=self._rate_limited,
+            refresh_period=self._refresh.period,
+        )
+
+    def get(self, task_id: str) -> TaskHandle | None:
+        """The handle of a task this poller tracks, if any."""
+        watch = self._watches.get(task_id)
+        return watch.handle if watch is not None else None
+
+    def add_listener(self, listener: StatusListener) -> None:
+        """Call ``listener(handle, snapshot)`` whenever a tracked task's status changes."""
+        self._listeners.append(listener)
+
+    def track(self, handle: TaskHandle, *, key: DurationKey | None, submitted: bool) -> None:
+        """Start tracking ``handle``: a task just submitted, or one attached by id.
+
+        A submitted task is first checked when it could possibly have ended; an attached one
+        at once, since nothing is known about it.
+        """
+        if self._closed:
+            handle._fail(ClientClosedError(_CLOSED))
+            return
+        now = self._gateway_now()
+        watch = Watch(handle=handle, key=key, seen_at=now, next_at=now)
+        if submitted and self._phase is None and not self._probing:
+            # Nothing is known of the refresh loop's phase yet: one early look at one task
+            # (after one period, so it has been refreshed) tells it for all the others.
+            self._probing = True
+            watch.next_at = now + self._refresh.period + self._policy.margin
+        elif submitted:
+            watch.next_at = self._plan(watch, TaskStatus.NOT_START)
+        handle._watch = watch
+        self._watches[handle.task_id] = watch
+        self._push(watch)
+
+    def close(self) -> None:
+        """Stop tracking: every pending handle fails with :class:`ClientClosedError`."""
+        self._closed = True
+        watches, self._watches = self._watches, {}
+        self._heap.clear()
+        for watch in watches.values():
+            watch.active = False
+            watch.handle._fail(ClientClosedError(_CLOSED))
+        self._wakeup.set()
+
+    async def run(self, *, task_status: AnyioTaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """The poller coroutine: runs until cancelled, with a few GET workers beside it."""
+        send, receive = anyio.create_memory_object_stream[Watch](0)
+        async with anyio.create_task_group() as workers, send:
+            for _ in range(self._policy.max_concurrent_polls):
+                workers.start_soon(self._worker, receive.clone())
+            receive.close()
+            task_status.started()
+            while True:
+                await self._wait_until_due()
+                await self._budget.acquire()
+                watch = self._pop_best_due()
+                if watch is not None:
+                    await send.send(watch)
+
+    # -- the schedule -------------------------------------------------------------------
+
+    def _gateway_now(self) -> float:
+        return self._clock.time() - self._skew
+
+    def _push(self, watch: Watch) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (watch.next_at, self._seq, watch))
+        self._wakeup.set()
+
+    def _drop_stale_top(self) -> None:
+        heap = self._heap
+        while heap and (not heap[0][2].active or heap[0][0] != heap[0][2].next_at):
+            heapq.heappop(heap)
+
+    async def _wait_until_due(self) -> None:
+        while True:
+            self._drop_stale_top()
+            now = self._gateway_now()
+            if self._heap and self._heap[0][0] <= now:
+                return
+            self._wakeup = anyio.Event()
+            if not self._heap:
+                await self._wakeup.wait()
+                continue
+            delay = (self._heap[0][0] - now) / self._clock.scale
+            with anyio.move_on_after(delay):
+                await self._wakeup.wait()
+
+    def _pop_best_due(self) -> Watch | None:
+        """Among the tasks due now, take the one most likely to have ended."""
+        now = self._gateway_now()
+        due: list[tuple[float, int, Watch]] = []
+        while True:
+            self._drop_stale_top()
+            if not self._heap or self._heap[0][0] > now or len(due) >= 64:
+                break
+            due.append(heapq.heappop(self._heap))
+        if not due:
+            return None
+        best = max(due, key=lambda item: (_priority(item[2]), -item[0]))
+        for item in due:
+            if item is not best:
+                heapq.heappush(self._heap, item)
+        watch = best[2]
+        watch.next_at = float("inf")  # in flight: not in the heap until the answer comes
+        return watch
+
+    # -- the workers --------------------------------------------------------------------
+
+    async def _worker(self, receive: MemoryObjectReceiveStream[Watch]) -> None:
+        async with receive:
+            async for watch in receive:
+                if watch.active:
+                    await self._check(watch)
+
+    async def _check(self, watch: Watch) -> None:
+        task_id = watch.handle.task_id
+        self._polls += 1
+        try:
+            snapshot = await self._fetch(task_id)
+        except TaskNotFound as exc:
+            self._finish(watch, None, exc)
+        except ClientClosedError:
+            return
+        except RateLimitedError as exc:
+            # Not the task's fault: the whole client slows down, the task keeps its place.
+            self._rate_limited += 1
+            self._budget.throttled()
+            wait = max(exc.retry_after or 0.0, self._refresh.period / 3)
+            logger.debug("poll of %s rate-limited; next in %.1fs", task_id, wait)
+            self._reschedule(watch, self._gateway_now() + wait)
+        except WanError as exc:
+            self._poll_errors += 1
+            watch.errors += 1
+            first, longest = self._policy.error_backoff
+            wait = min(longest, first * 2 ** (watch.errors - 1)) * (0.5 + self._rng.random())
+            logger.debug("poll of %s failed (%s); retrying in %.1fs", task_id, exc, wait)
+            self._reschedule(watch, self._gateway_now() + wait)
+        else:
+            watch.errors = 0
+            self._apply(watch, snapshot)
+
+    def _reschedule(self, watch: Watch, when: float) -> None:
+        if watch.active:
+            watch.next_at = when
+            self._push(watch)
+
+    def _apply(self, watch: Watch, snapshot: TaskSnapshot) -> None:
+        handle = watch.handle
+        previous = handle.snapshot
+        handle._update(snapshot)
+        local_now = self._clock.time()
+        # A task never refreshed carries its insert time in updated_at, not a refresh time.
+        refreshed = (
+            snapshot.updated_at.timestamp()
+            if snapshot.updated_at and snapshot.status is not TaskStatus.NOT_START
+            else None
+        )
+        if refreshed is not None:
+            self._observe_skew(local_now - refreshed)
+            self._refresh.observe(watch.refreshed_at, refreshed)
+            watch.refreshed_at = refreshed
+            if self._phase is None:
+                self._phase = refreshed
+                self._replan_blind()
+            elif refreshed > self._phase:
+                self._phase = refreshed
+        watch.seen_at = local_now - self._skew
+        if snapshot.start_time is not None and watch.started_at is None:
+            watch.started_at = snapshot.start_time.timestamp()
+        if previous is None or previous.raw_status != snapshot.raw_status:
+            logger.debug("task %s is %s", handle.task_id, snapshot.raw_status)
+            for listener in self._listeners:
+                listener(handle, snapshot)
+        if snapshot.is_terminal:
+            self._learn_duration(watch, snapshot)
+            try:
+                result = snapshot.result()
+            except TaskFailed as exc:
+                self._finish(watch, None, exc)
+            else:
+                self._finish(watch, result, None)
+            return
+        self._reschedule(watch, self._plan(watch, snapshot.status))
+
+    def _replan_blind(self) -> None:
+        """Align the checks planned before the refresh phase was known onto the refreshes."""
+        for watch in self._watches.values():
+            if watch.refreshed_at is None and watch.active and watch.next_at != float("inf"):
+                status = watch.handle.status
+                watch.next_at = self._plan(watch, status)
+                self._push(watch)
+
+    def _plan(self, watch: Watch, status: TaskStatus) -> float:
+        return next_check(
+            status=status,
+            refreshed_at=watch.refreshed_at,
+            started_at=watch.started_at,
+            seen_at=watch.seen_at,
+            phase=self._phase,
+            shortest=self._durations.shortest(watch.key, self._refresh.period),
+            period=self._refresh.period,
+            margin=self._policy.margin,
+        )
+
+    def _learn_duration(self, watch: Watch, snapshot: TaskSnapshot) -> None:
+        if snapshot.status is TaskStatus.SUCCESS and snapshot.start_time and snapshot.finish_time:
+            took = snapshot.finish_time.timestamp() - snapshot.start_time.timestamp()
+            self._durations.observe(watch.key, took)
+
+    def _observe_skew(self, sample: float) -> None:
+        # An updated_at later than our own clock proves our clock is behind the gateway's;
+        # shift by the largest such lead. A clock ahead cannot be told apart from answer
+        # latency and whole-second stamps, so it is left alone (it only delays checks).
+        if sample < self._skew:
+            self._skew = sample
+
+    def _finish(self, watch: Watch, result: VideoResult | None, error: WanError | None) -> None:
+        watch.active = False
+        self._watches.pop(watch.handle.task_id, None)
+        watch.handle._resolve(result, error)
+
+
+def _priority(watch: Watch) -> int:
+    if watch.errors:
+        return 0
+    return 2 if watch.started_at is not None else 1
+
+
+_CLOSED = "the client was closed before the task ended; attach to its id from a new client"

@@ -1,0 +1,178 @@
+"""When to ask about a task again: spend a GET only where it can tell something new.
+
+The gateway refreshes each unfinished task from upstream once per *refresh period* (15 s by
+default, SPEC §3.2) and stamps ``updated_at``; a GET between two refreshes returns the same data.
+The refresh loop serves all tasks together, so refreshes fall on one grid of times. Every check
+is placed just after a refresh, and only at refreshes where the task may have ended.
+
+Durations are counted in refresh stamps: a task's *span* is ``finish_time - start_time``, both
+stamped by refreshes. A task cannot show a finish stamp before
+
+* ``start_time + shortest_span`` once it has been seen running;
+* ``q + period + shortest_span`` if it was still queued at the refresh ``q`` (it starts after
+  ``q``, so its start stamp is at least the next refresh);
+* ``submit + shortest_span`` before the gateway has refreshed it at all;
+
+and from then on it is checked once per refresh until it ends. ``shortest_span`` comes from a
+prior per model, size and duration, replaced by the spans this client has seen tasks of the same
+kind take once it has seen a few.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Iterable
+
+import attrs
+
+from ._models import TaskStatus
+
+#: (model, size, duration) — what decides how long generation takes.
+DurationKey = tuple[str, str, int]
+
+_DEFAULT_SIZE = "1920*1080"
+_DEFAULT_DURATION = 5
+#: SPEC §6: 153 s of work for a 1080p 5 s video; 1-5 minutes overall.
+_PRIOR_1080P_5S = 150.0
+#: Before any task of a kind has been seen to finish, assume it may take as little as this
+#: fraction of the prior median, and never less than SPEC §6's "1 minute" halved.
+_PRIOR_SPREAD = 0.4
+_PRIOR_FLOOR = 30.0
+_MIN_OBSERVED = 3
+
+
+def _key_factor(size: str) -> float:
+    w, _, h = size.partition("*")
+    try:
+        pixels = int(w) * int(h)
+    except ValueError:
+        return 1.0
+    return 0.4 if pixels <= 420_000 else 0.6 if pixels <= 1_000_000 else 1.0
+
+
+def duration_key(model: str, size: str | None, duration: int | None) -> DurationKey:
+    """The key under which tasks of this kind share what is learned about their durations."""
+    return (model, size or _DEFAULT_SIZE, duration or _DEFAULT_DURATION)
+
+
+@attrs.frozen(kw_only=True)
+class PollPolicy:
+    """How the shared poller spends its requests.
+
+    Args:
+        refresh_period: the gateway's refresh tick in clock seconds (operators use 15 or 3);
+            learned upward from ``updated_at`` when the gateway refreshes less often.
+        margin: clock seconds to wait after an expected refresh before asking (covers
+            ``updated_at``'s whole-second resolution and a refresh pass that takes a while).
+        shortest_duration: clock seconds no task is expected to undercut before any has been
+            seen to finish; default: half the prior for its model, size and duration.
+        max_concurrent_polls: GETs in flight at once.
+        error_backoff: first and longest wait after a failed GET, in clock seconds.
+    """
+
+    refresh_period: float = attrs.field(default=15.0, validator=attrs.validators.gt(0))
+    margin: float = attrs.field(default=1.5, validator=attrs.validators.ge(0))
+    shortest_duration: float | None = None
+    max_concurrent_polls: int = attrs.field(default=4, validator=attrs.validators.ge(1))
+    error_backoff: tuple[float, float] = (2.0, 120.0)
+
+
+class DurationModel:
+    """What generation takes, per kind of task: a prior, refined by observed tasks."""
+
+    def __init__(self, policy: PollPolicy, *, window: int = 50) -> None:
+        self._policy = policy
+        self._window = window
+        self._seen: dict[DurationKey, deque[float]] = {}
+        self._all: deque[float] = deque(maxlen=window)
+
+    def observe(self, key: DurationKey | None, seconds: float) -> None:
+        """Record that a task of this kind ran ``seconds`` between its start and finish stamps."""
+        if seconds <= 0:
+            return
+        self._all.append(seconds)
+        if key is not None:
+            self._seen.setdefault(key, deque(maxlen=self._window)).append(seconds)
+
+    def shortest(self, key: DurationKey | None, period: float) -> float:
+        """A span (finish stamp - start stamp) the task is unlikely to undercut."""
+        seen: Iterable[float] = self._seen.get(key, ()) if key is not None else self._all
+        seen = list(seen)
+        if len(seen) >= _MIN_OBSERVED:
+            # Half a period of slack: a new task may be a little quicker than any seen so far.
+            return max(0.0, min(seen) - period / 2)
+        if self._policy.shortest_duration is not None:
+            work = self._policy.shortest_duration
+        elif key is None:
+            work = _PRIOR_FLOOR
+        else:
+            _, size, duration = key
+            median = _PRIOR_1080P_5S * _key_factor(size) * duration / 5
+            work = max(_PRIOR_FLOOR, median * _PRIOR_SPREAD)
+        # Stamps are refresh times: a span can be up to a period shorter than the work.
+        return max(0.0, work - period)
+
+
+class RefreshEstimate:
+    """The gateway's refresh period: configured, raised when refreshes come less often."""
+
+    def __init__(self, configured: float, *, window: int = 32) -> None:
+        self._configured = configured
+        self._gaps: deque[float] = deque(maxlen=window)
+
+    @property
+    def period(self) -> float:
+        """The period to plan with, in clock seconds."""
+        if len(self._gaps) >= 5:
+            return max(self._configured, min(self._gaps))
+        return self._configured
+
+    def observe(self, previous_update: float | None, update: float | None) -> None:
+        """Record the gap between two ``updated_at`` stamps of one task."""
+        if previous_update is not None and update is not None and update > previous_update:
+            self._gaps.append(update - previous_update)
+
+
+def next_check(
+    *,
+    status: TaskStatus,
+    refreshed_at: float | None,
+    started_at: float | None,
+    seen_at: float,
+    phase: float | None,
+    shortest: float,
+    period: float,
+    margin: float,
+) -> float:
+    """When to ask about an unfinished task next, in gateway time (Unix seconds).
+
+    Args:
+        status: the latest status (``NOT_START`` right after submit).
+        refreshed_at: the refresh time of the latest answer (its ``updated_at``), if any.
+        started_at: the task's ``start_time``, once it has been seen running.
+        seen_at: when the latest answer (or the submit) came back.
+        phase: any refresh time of the gateway's loop, for tasks not yet refreshed.
+        shortest: the shortest span (finish stamp - start stamp) to expect.
+        period: the refresh period.
+        margin: slack after a refresh.
+    """
+    if started_at is not None:
+        # Also after a step back to QUEUED (SPEC §3.1): upstream may well still be working.
+        earliest = started_at + shortest
+    elif refreshed_at is None:
+        earliest = seen_at + shortest
+    elif status in (TaskStatus.IN_PROGRESS, TaskStatus.UNKNOWN):
+        # Running (or unclear) with no start stamp: it started at this refresh or before.
+        earliest = refreshed_at + shortest - period
+    else:
+        earliest = refreshed_at + period + shortest
+    target = max(earliest, seen_at)
+    grid = refreshed_at if refreshed_at is not None else phase
+    if grid is None:
+        return target + margin
+    # The first refresh at or after the target, and never the refresh already seen.
+    steps = math.ceil((target - grid) / period - 1e-9)
+    if refreshed_at is not None:
+        steps = max(steps, 1)
+    return grid + steps * period + margin

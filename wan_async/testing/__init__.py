@@ -1,0 +1,33 @@
+"""A faithful simulator of the gateway, for tests and benchmarks over real loopback HTTP.
+
+Example::
+
+    from wan_async.testing import FakeGateway, Fault, ScaledClock
+
+    async with FakeGateway(clock=ScaledClock(100), tick=15, slots=2) as gw:
+        gw.inject(Fault.RATE_LIMIT, on="submit")
+        ...  # point a client at gw.base_url with gw.api_key
+
+Run it stand-alone with ``python -m wan_async.testing --help``.
+"""
+
+from __future__ import annotations
+
+from .._clock import Clock, ScaledClock, SystemClock
+from ._faults import Fault, RequestKind, Target
+from ._gateway import FakeGateway
+from ._stats import GatewayStats, TaskInfo
+from ._upstream import default_processing_time
+
+__all__ = [
+    "Clock",
+    "FakeGateway",
+    "Fault",
+    "GatewayStats",
+    "RequestKind",
+    "ScaledClock",
+    "SystemClock",
+    "Target",
+    "TaskInfo",
+    "default_processing_time",
+]

@@ -1,0 +1,96 @@
+"""Run the simulator stand-alone: ``python -m wan_async.testing [options]`` until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+
+from .._clock import Clock, ScaledClock, SystemClock
+from ._gateway import FakeGateway, is_loopback_host
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m wan_async.testing",
+        description="Serve a simulated Wan video gateway (and its object storage) locally.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="gateway port (default: 8000)")
+    parser.add_argument(
+        "--storage-port", type=int, default=0, help="object storage port (default: any free)"
+    )
+    parser.add_argument("--api-key", default="sk-test", help="accepted key (default: sk-test)")
+    parser.add_argument(
+        "--tick", type=float, default=15.0, help="refresh period, gateway seconds (default: 15)"
+    )
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=1.0,
+        help="gateway seconds per real second (default: 1, real time)",
+    )
+    parser.add_argument("--slots", type=int, default=4, help="upstream concurrency (default: 4)")
+    parser.add_argument("--queue", choices=("fifo", "shared"), default="fifo")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--failure-rate", type=float, default=0.0, help="fraction of tasks failing (default: 0)"
+    )
+    parser.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a non-loopback --host (the simulator has no real security)",
+    )
+    return parser
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    clock: Clock = SystemClock() if args.time_scale == 1 else ScaledClock(args.time_scale)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # Not available on Windows: Ctrl-C then arrives as KeyboardInterrupt instead.
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    async with FakeGateway(
+        api_key=args.api_key,
+        host=args.host,
+        port=args.port,
+        storage_port=args.storage_port,
+        allow_remote=args.allow_remote,
+        clock=clock,
+        tick=args.tick,
+        slots=args.slots,
+        queue=args.queue,
+        seed=args.seed,
+        failure_rate=args.failure_rate,
+    ) as gateway:
+        print(f"gateway:  {gateway.base_url}", flush=True)
+        print(f"storage:  {gateway.storage_url}", flush=True)
+        print(f"api key:  {gateway.api_key}", flush=True)
+        print(f"clock:    {clock!r}; Ctrl-C to stop", flush=True)
+        await stop.wait()
+    print("stopped", flush=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, serve until interrupted, and return the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.allow_remote and not is_loopback_host(args.host):
+        parser.error(f"--host {args.host} is not a loopback address; add --allow-remote")
+    try:
+        asyncio.run(_serve(args))
+    except KeyboardInterrupt:
+        print("stopped", flush=True)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,856 @@
+"""FakeGateway: the gateway of SPEC.md, its upstream and its object storage, on loopback.
+
+Three layers, as in production:
+
+- the *gateway* answers submits and GETs. GETs read its database only; a background loop
+  refreshes unfinished tasks from upstream once per ``tick`` (SPEC §3.2);
+- *upstream* runs a few tasks at a time per account (:mod:`._upstream`);
+- the *object storage*, on a second port, serves the finished videos (:mod:`._storage`).
+
+All simulated time is read from one :class:`~wan_async._clock.Clock`, so a shared
+:class:`~wan_async._clock.ScaledClock` runs a day of gateway time in minutes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+import ipaddress
+import json
+import math
+import random
+import string
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from types import TracebackType
+from typing import Any, Literal
+
+import anyio
+from aiohttp import web
+
+from .._clock import Clock, SystemClock
+from .._exceptions import ValidationError
+from .._models import VideoRequest
+from .._rules import MODEL_RULES
+from . import _upstream as up
+from ._bucket import TokenBucket
+from ._checks import (
+    check_choice,
+    check_delay_range,
+    check_port,
+    check_probability,
+    non_negative_int,
+    positive,
+    positive_int,
+)
+from ._faults import Fault, FaultChoice, FaultPlan, RequestKind, Target
+from ._stats import GatewayStats, TaskInfo
+from ._storage import Signer, VideoStore
+from ._view import FailReasonStyle, GatewayTask, UrlField, ViewStyle, submit_json
+from ._wire import (
+    REQUEST_ID_HEADER,
+    abort,
+    bad_gateway_html,
+    json_response,
+    middleware_error,
+    retry_after_value,
+    task_error,
+    truncated,
+    unix,
+    upstream_error,
+)
+
+TaskIdStyle = Literal["task", "uuid"]
+_Reply = tuple[web.StreamResponse, str]
+
+_SUBMIT_PATH = "/v1/video/generations"
+_ALNUM = string.ascii_letters + string.digits
+# How long closing waits for requests in flight (a SLOW fault) before cancelling them.
+_SHUTDOWN_TIMEOUT = 1.0
+_THROTTLED = upstream_error(
+    "Throttling.RateQuota", "Requests rate limit exceeded, please try again later."
+)
+_UNAVAILABLE = upstream_error(
+    "ServiceUnavailable", "The service is temporarily unavailable, please try again later."
+)
+_DO_REQUEST_FAILED = (
+    'do request failed: Post "https://dashscope.aliyuncs.com/api/v1/services/aigc/'
+    'video-generation/video-synthesis": read tcp: connection reset by peer'
+)
+# Parameters upstream accepts, by where they sit in the submitted body (SPEC §2).
+_INPUT_KEYS = ("negative_prompt", "audio_url")
+_PARAMETER_KEYS = (
+    "size",
+    "duration",
+    "prompt_extend",
+    "watermark",
+    "seed",
+    "audio",
+    "shot_type",
+)
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether ``host`` names this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class FakeGateway:
+    """A faithful simulator of the gateway, served over real HTTP on loopback.
+
+    Use it as ``async with FakeGateway(...) as gw:`` and point a client at ``gw.base_url``
+    with ``gw.api_key``; or call :meth:`start` and :meth:`aclose`. It runs on the current
+    asyncio loop. Every time below is in seconds of ``clock``, except ``slow_delay`` (real).
+
+    Args:
+        api_key: the one key accepted as ``Authorization: Bearer <api_key>``.
+        host: interface to listen on; loopback only unless ``allow_remote``.
+        port: gateway port (0: any free port).
+        storage_port: object storage port (0: any free port).
+        allow_remote: permit a non-loopback ``host``.
+        clock: the clock of all simulated time (default: the system clock).
+        tick: period of the refresh loop (SPEC §3.2).
+        max_refresh_per_tick: tasks refreshed per pass at most; the rest wait their turn.
+        slots: tasks upstream runs at once; the rest wait PENDING.
+        queue: ``"fifo"`` or ``"shared"`` (other tenants take freed slots for a while).
+        shared_delay: ``(low, high)`` delay before a freed slot comes back, for ``"shared"``.
+        seed: seed of every random draw (processing times, failures, ids, chaos).
+        processing_time: ``f(body, rng) -> seconds`` of upstream work per task (default:
+            :func:`default_processing_time`).
+        failure_rate: fraction of tasks upstream fails with ``InternalError``. Prompts
+            containing ``"[fail]"`` always fail with ``DataInspectionFailed``.
+        fail_reason_style: ``"short"`` (``fail_reason`` is ``"task failed"``) or ``"full"``.
+        url_field: where a success puts the video URL: ``"fail_reason"`` (and
+            ``output.video_url``), ``"result_url"`` (also ``result_url``), or ``"output"``
+            (``output.video_url`` only).
+        video_bytes: size of every video.
+        url_ttl: how long a video URL works after the task finished upstream.
+        task_id_style: ``"task"`` (``task_`` + 32 alphanumerics) or ``"uuid"``.
+        task_ttl: tasks still unfinished this long after submit are failed by the gateway.
+        models: models with a channel; others get 503 ``model_not_found``.
+        forbidden_models: models this key may not use (403).
+        quota: tasks the account may create in all (``None``: unlimited).
+        rate_limit: requests (submits and GETs) per second per key (``None``: unlimited).
+        rate_burst: bucket size of ``rate_limit`` (default: ``max(1, rate_limit)``).
+        fault_rates: probability of each :class:`Fault` per applicable request.
+        slow_delay: real seconds a ``SLOW`` answer waits (unless injected with ``delay``).
+        retry_after: seconds in ``RATE_LIMIT_RETRY_AFTER``'s header (unless injected).
+    """
+
+    def __init__(
+        self,
+        *,
+        api_key: str = "sk-test",
+        host: str = "127.0.0.1",
+        port: int = 0,
+        storage_port: int = 0,
+        allow_remote: bool = False,
+        clock: Clock | None = None,
+        tick: float = 15.0,
+        max_refresh_per_tick: int = 1000,
+        slots: int = 4,
+        queue: up.QueuePolicy = "fifo",
+        shared_delay: tuple[float, float] = (0.0, 60.0),
+        seed: int = 0,
+        processing_time: up.ProcessingTime | None = None,
+        failure_rate: float = 0.0,
+        fail_reason_style: FailReasonStyle = "short",
+        url_field: UrlField = "fail_reason",
+        video_bytes: int = 65536,
+        url_ttl: float = 86400.0,
+        task_id_style: TaskIdStyle = "task",
+        task_ttl: float = 86400.0,
+        models: Collection[str] = tuple(MODEL_RULES),
+        forbidden_models: Collection[str] = (),
+        quota: int | None = None,
+        rate_limit: float | None = None,
+        rate_burst: float | None = None,
+        fault_rates: Mapping[Fault, float] | None = None,
+        slow_delay: float = 1.0,
+        retry_after: float = 1.0,
+    ) -> None:
+        if not isinstance(api_key, str) or not api_key:
+            msg = f"api_key must be a non-empty string, got {api_key!r}"
+            raise ValueError(msg)
+        if not allow_remote and not is_loopback_host(host):
+            msg = f"host {host!r} is not a loopback address; pass allow_remote=True to expose it"
+            raise ValueError(msg)
+        check_port("port", port)
+        check_port("storage_port", storage_port)
+        check_choice("queue", queue, ("fifo", "shared"))
+        check_choice("fail_reason_style", fail_reason_style, ("short", "full"))
+        check_choice("url_field", url_field, ("fail_reason", "result_url", "output"))
+        check_choice("task_id_style", task_id_style, ("task", "uuid"))
+        check_delay_range(shared_delay)
+        check_probability("failure_rate", failure_rate)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            msg = f"seed must be an integer, got {seed!r}"
+            raise TypeError(msg)
+
+        self.api_key = api_key
+        self._host = host
+        self._port = port
+        self._storage_port = storage_port
+        self._clock: Clock = SystemClock() if clock is None else clock
+        self._tick = positive("tick", tick)
+        self._max_refresh = positive_int("max_refresh_per_tick", max_refresh_per_tick)
+        self._processing_time = processing_time or up.default_processing_time
+        self._failure_rate = float(failure_rate)
+        self._style = ViewStyle(url_field=url_field, fail_reason_style=fail_reason_style)
+        self._video_bytes = non_negative_int("video_bytes", video_bytes)
+        self._url_ttl = positive("url_ttl", url_ttl)
+        self._task_id_style = task_id_style
+        self._task_ttl = positive("task_ttl", task_ttl)
+        self._models = frozenset(models)
+        self._forbidden = frozenset(forbidden_models)
+        self._quota = None if quota is None else non_negative_int("quota", quota)
+        self._bucket = _make_bucket(rate_limit, rate_burst, self._clock)
+
+        # Separate streams, so that e.g. chaos or the number of GETs never shifts the
+        # processing times drawn for a given seed.
+        self._rng = random.Random(f"{seed}:upstream")
+        self._id_rng = random.Random(f"{seed}:task-ids")
+        self._rid_rng = random.Random(f"{seed}:request-ids")
+        self._upstream = up.Upstream(
+            slots=positive_int("slots", slots),
+            queue=queue,
+            shared_delay=(float(shared_delay[0]), float(shared_delay[1])),
+            rng=random.Random(f"{seed}:shared-queue"),
+        )
+        self._faults = FaultPlan(
+            rates=fault_rates or {},
+            rng=random.Random(f"{seed}:chaos"),
+            slow_delay=slow_delay,
+            retry_after=retry_after,
+        )
+        self._signer = Signer(hashlib.sha256(f"fake-oss-secret:{seed}".encode()).digest())
+        self._store = VideoStore(
+            clock=self._clock,
+            signer=self._signer,
+            video_bytes=self._video_bytes,
+            produced_at=self._video_produced_at,
+        )
+
+        #: Counters of everything the simulator served.
+        self.stats = GatewayStats()
+        self._tasks: dict[str, GatewayTask] = {}
+        # Unfinished tasks in submission order: what the refresh loop walks.
+        self._unfinished: dict[str, GatewayTask] = {}
+        self._cursor = 0
+        self._last_now = -math.inf
+        self._state: Literal["new", "running", "closed"] = "new"
+        self._runners: list[web.AppRunner] = []
+        self._refresher: asyncio.Task[None] | None = None
+        self._base_url: str | None = None
+        self._storage_url: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind both sites and start the refresh loop on the running asyncio loop.
+
+        Raises:
+            RuntimeError: already started, or closed (a closed gateway cannot restart).
+        """
+        if self._state != "new":
+            msg = f"FakeGateway is {self._state}; create a new one to start again"
+            raise RuntimeError(msg)
+        self._state = "running"
+        try:
+            storage_port = await self._serve(self._storage_app(), self._storage_port)
+            self._storage_url = self._url(storage_port)
+            port = await self._serve(self._gateway_app(), self._port)
+            self._base_url = self._url(port)
+        except BaseException:
+            await self.aclose()
+            raise
+        self._refresher = asyncio.create_task(self._refresh_loop(), name="FakeGateway refresh")
+
+    async def aclose(self) -> None:
+        """Stop the refresh loop and close both sites. Safe to call more than once."""
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        refresher, self._refresher = self._refresher, None
+        try:
+            if refresher is not None:
+                refresher.cancel()
+                # asyncio.wait never raises the task's CancelledError, yet lets our own
+                # cancellation through.
+                await asyncio.wait([refresher])
+        finally:
+            runners, self._runners = self._runners, []
+            for runner in reversed(runners):
+                await runner.cleanup()
+        if refresher is not None and not refresher.cancelled():
+            crash = refresher.exception()
+            if crash is not None:
+                raise crash
+
+    async def __aenter__(self) -> FakeGateway:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        where = self._base_url or "not started"
+        return f"<FakeGateway {where} {self._state} tasks={len(self._tasks)}>"
+
+    # -- public view -------------------------------------------------------------------------
+
+    @property
+    def base_url(self) -> str:
+        """The gateway's base URL, e.g. ``"http://127.0.0.1:54321"`` (no trailing slash)."""
+        return self._require_started(self._base_url)
+
+    @property
+    def storage_url(self) -> str:
+        """The object storage's base URL (where video URLs point)."""
+        return self._require_started(self._storage_url)
+
+    @property
+    def clock(self) -> Clock:
+        """The clock of all simulated time."""
+        return self._clock
+
+    @property
+    def tick(self) -> float:
+        """The refresh loop's period, in clock seconds."""
+        return self._tick
+
+    @property
+    def download_auth_headers(self) -> list[bool]:
+        """For each download request, in order: did it carry an ``Authorization`` header?"""
+        return self.stats.download_auth_headers
+
+    @property
+    def upstream_running(self) -> int:
+        """Tasks running upstream, as of the last refresh or submit."""
+        return self._upstream.running
+
+    @property
+    def upstream_waiting(self) -> int:
+        """Tasks waiting upstream for a slot, as of the last refresh or submit."""
+        return self._upstream.waiting
+
+    @property
+    def peak_running(self) -> int:
+        """The most tasks ever running upstream at once."""
+        return self._upstream.peak_running
+
+    @property
+    def pending_faults(self) -> int:
+        """Injected faults not yet consumed."""
+        return self._faults.pending
+
+    def task(self, task_id: str) -> TaskInfo:
+        """A snapshot of one task.
+
+        Raises:
+            KeyError: no task has this id.
+        """
+        return self._info(self._tasks[task_id])
+
+    def tasks(self) -> list[TaskInfo]:
+        """Snapshots of every task, in submission order."""
+        return [self._info(task) for task in self._tasks.values()]
+
+    def detection_lags(self) -> list[float]:
+        """For each finished task a client saw end: first terminal GET - gateway finish time."""
+        return [
+            task.first_terminal_get - task.finish_time
+            for task in self._tasks.values()
+            if task.first_terminal_get is not None and task.finish_time is not None
+        ]
+
+    # -- test hooks --------------------------------------------------------------------------
+
+    def inject(
+        self,
+        fault: Fault,
+        *,
+        on: Target = "any",
+        times: int = 1,
+        delay: float | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        """Make the next ``times`` requests of kind ``on`` that ``fault`` applies to fail so.
+
+        Args:
+            fault: what goes wrong.
+            on: ``"submit"``, ``"get"``, ``"download"`` or ``"any"``.
+            times: how many requests it hits.
+            delay: real seconds, for ``Fault.SLOW`` (default: ``slow_delay``).
+            retry_after: header seconds, for ``Fault.RATE_LIMIT_RETRY_AFTER``.
+
+        Raises:
+            ValueError: ``fault`` never applies to ``on`` requests, or a bad count.
+        """
+        self._faults.inject(fault, on=on, times=times, delay=delay, retry_after=retry_after)
+
+    def clear_faults(self) -> None:
+        """Forget injected faults not yet consumed."""
+        self._faults.clear()
+
+    def finish_now(
+        self,
+        task_id: str,
+        *,
+        success: bool = True,
+        code: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Make upstream end ``task_id`` now; the next refresh pass shows it to clients.
+
+        A failure uses ``code`` / ``message`` (default: upstream's ``InternalError``).
+
+        Raises:
+            KeyError: no task has this id.
+            ValueError: upstream has already ended it.
+        """
+        task = self._tasks[task_id]
+        default_code, default_message = up.INTERNAL_ERROR
+        failure = None if success else (code or default_code, message or default_message)
+        self._upstream.finish_now(task.upstream, self._now(), failure=failure)
+
+    def refresh_now(self) -> int:
+        """Run one refresh pass at once (the loop runs them every ``tick``).
+
+        Returns:
+            How many tasks it refreshed.
+        """
+        now = self._now()
+        self._upstream.advance(now)
+        batch = self._next_batch()
+        for task in batch:
+            self._refresh(task, now)
+        self.stats.refresh_passes += 1
+        self.stats.task_refreshes += len(batch)
+        return len(batch)
+
+    # -- refresh loop ------------------------------------------------------------------------
+
+    async def _refresh_loop(self) -> None:
+        """Run a pass every ``tick``, on a fixed schedule that skips ticks it fell behind on."""
+        origin = self._clock.monotonic()
+        passes = 0
+        while True:
+            passes = max(passes + 1, math.floor((self._clock.monotonic() - origin) / self._tick))
+            await self._clock.sleep(origin + passes * self._tick - self._clock.monotonic())
+            self.refresh_now()
+
+    def _next_batch(self) -> list[GatewayTask]:
+        """The tasks of this pass: all in submission order, or the next share in rotation."""
+        tasks = list(self._unfinished.values())
+        if len(tasks) <= self._max_refresh:
+            self._cursor = 0
+            return tasks
+        start = next((i for i, t in enumerate(tasks) if t.row_id > self._cursor), 0)
+        batch = (tasks[start:] + tasks[:start])[: self._max_refresh]
+        self._cursor = batch[-1].row_id
+        return batch
+
+    def _refresh(self, task: GatewayTask, now: float) -> None:
+        if now - task.created_at >= self._task_ttl:
+            task.expire(now)
+        else:
+            url = ""
+            end = task.upstream.end_time
+            if task.upstream.state == up.SUCCEEDED and end is not None:
+                expires = unix(end + self._url_ttl)
+                url = self._signer.url(self.storage_url, task.task_id, expires)
+            task.refresh(now, request_id=self._uuid(), video_url=url, style=self._style)
+        if task.terminal:
+            del self._unfinished[task.task_id]
+
+    # -- HTTP: gateway -----------------------------------------------------------------------
+
+    def _gateway_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post(_SUBMIT_PATH, self._endpoint("submit", self._submit))
+        app.router.add_get(_SUBMIT_PATH + "/{task_id}", self._endpoint("get", self._get))
+        app.router.add_route("*", "/{tail:.*}", self._endpoint(None, self._no_route))
+        return app
+
+    def _endpoint(
+        self,
+        kind: RequestKind | None,
+        handler: Callable[[web.Request, str], Awaitable[_Reply]],
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """Wrap ``handler``: give it a request id, stamp the header, count the outcome."""
+
+        async def endpoint(request: web.Request) -> web.StreamResponse:
+            request_id = self._request_id()
+            response, outcome = await handler(request, request_id)
+            if not response.prepared:
+                response.headers[REQUEST_ID_HEADER] = request_id
+            if kind is not None:
+                self.stats.requests[(kind, outcome)] += 1
+            return response
+
+        return endpoint
+
+    async def _no_route(self, request: web.Request, request_id: str) -> _Reply:
+        text = f"Invalid URL ({request.method} {request.path})"
+        return middleware_error(404, text, request_id), "404"
+
+    async def _submit(self, request: web.Request, request_id: str) -> _Reply:
+        try:
+            # Read first: a client that gives up during a SLOW answer must not make the
+            # read fail afterwards (aiohttp would log that as an unhandled error).
+            raw = await request.read()
+        except ConnectionError:
+            return abort(request), "client_gone"
+        choice = self._take_fault("submit")
+        early = await self._early_fault(request, choice)
+        if early is not None:
+            return early
+        response = self._create(request, raw, request_id)
+        if choice is not None and choice.fault is Fault.DROP_AFTER_CREATE:
+            return abort(request), "drop_after_create"
+        if choice is not None and choice.fault is Fault.TRUNCATED_JSON:
+            return truncated(response), "truncated"
+        return response, str(response.status)
+
+    def _create(self, request: web.Request, raw: bytes, request_id: str) -> web.Response:
+        """Run a submit's checks in the gateway's order; create the task if all pass."""
+        denied = self._auth_error(request, request_id)
+        if denied is not None:
+            return denied
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            return task_error(400, "invalid_json", "invalid request body: not a JSON object")
+        model = body.get("model")
+        if not isinstance(model, str) or not model:
+            return task_error(400, "missing_model", "model is required")
+        if model in self._forbidden:
+            return middleware_error(403, f"This token has no access to model {model}", request_id)
+        if model not in self._models:
+            text = f"No available channel for model {model} under group default"
+            return middleware_error(503, text, request_id, code="model_not_found")
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            return task_error(400, "invalid_request", "prompt is required")
+        if self._quota is not None and self.stats.tasks_created >= self._quota:
+            return task_error(403, "quota_not_enough", "user quota is not enough")
+        if self._bucket is not None and not self._bucket.take():
+            return task_error(429, "fail_to_fetch_task", _THROTTLED)
+        rejection = _upstream_rejection(body, prompt, model)
+        if rejection is not None:
+            message = upstream_error("InvalidParameter", rejection)
+            return task_error(400, "fail_to_fetch_task", message)
+        task = self._new_task(body, prompt, model)
+        return json_response(
+            200,
+            {
+                "id": task.task_id,
+                "object": "video",
+                "model": model,
+                "status": "queued",
+                "progress": 0,
+                "created_at": unix(task.created_at),
+            },
+        )
+
+    async def _get(self, request: web.Request, request_id: str) -> _Reply:
+        task_id = request.match_info["task_id"]
+        self.stats.gets_per_task[task_id] += 1
+        known = self._tasks.get(task_id)
+        if known is not None:
+            known.get_times.append(self._now())
+        choice = self._take_fault("get")
+        early = await self._early_fault(request, choice)
+        if early is not None:
+            return early
+        denied = self._auth_error(request, request_id)
+        if denied is not None:
+            return denied, str(denied.status)
+        if self._bucket is not None and not self._bucket.take():
+            return task_error(429, "fail_to_fetch_task", _THROTTLED), "429"
+        task = self._tasks.get(task_id)
+        if task is None:
+            return task_error(400, "task_not_exist", "task_not_exist"), "400"
+        dto = _distorted(task.dto(), None if choice is None else choice.fault)
+        response = json_response(200, {"code": "success", "message": "", "data": dto})
+        if choice is not None and choice.fault is Fault.TRUNCATED_JSON:
+            # The client cannot read a cut body: it has not seen the status.
+            return truncated(response), "truncated"
+        if dto["status"] in ("SUCCESS", "FAILURE") and task.first_terminal_get is None:
+            task.first_terminal_get = self._now()
+        return response, "200"
+
+    def _auth_error(self, request: web.Request, request_id: str) -> web.Response | None:
+        header = request.headers.get("Authorization", "")
+        if not header:
+            return middleware_error(401, "No token provided", request_id)
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or token.strip() != self.api_key:
+            return middleware_error(401, "Invalid token", request_id)
+        return None
+
+    # -- HTTP: object storage ----------------------------------------------------------------
+
+    def _storage_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/videos/{name}", self._download)
+        return app
+
+    async def _download(self, request: web.Request) -> web.StreamResponse:
+        self.stats.download_auth_headers.append("Authorization" in request.headers)
+        choice = self._take_fault("download")
+        early = await self._early_fault(request, choice)
+        if early is not None:
+            response, outcome = early
+        else:
+            answer, content = self._store.answer(request)
+            response, outcome = answer, str(answer.status)
+            if choice is not None and choice.fault is Fault.TRUNCATED_JSON and content:
+                response, outcome = await _cut_download(request, answer, content), "truncated"
+        self.stats.requests[("download", outcome)] += 1
+        return response
+
+    def _video_produced_at(self, task_id: str) -> float | None:
+        task = self._tasks.get(task_id)
+        if task is None or task.upstream.state != up.SUCCEEDED:
+            return None
+        return task.upstream.end_time
+
+    # -- faults ------------------------------------------------------------------------------
+
+    def _take_fault(self, kind: RequestKind) -> FaultChoice | None:
+        choice = self._faults.take(kind)
+        if choice is not None:
+            self.stats.faults[(kind, choice.fault)] += 1
+        return choice
+
+    async def _early_fault(self, request: web.Request, choice: FaultChoice | None) -> _Reply | None:
+        """Answer a fault that strikes before the request is handled; wait out ``SLOW``."""
+        if choice is None:
+            return None
+        fault = choice.fault
+        if fault is Fault.SLOW:
+            # Real seconds on purpose: it exercises the client's own (real) timeouts.
+            await anyio.sleep(choice.delay)
+            return None
+        if fault is Fault.RESET_BEFORE_CREATE:
+            return abort(request), "reset"
+        if fault is Fault.BAD_GATEWAY_HTML:
+            return bad_gateway_html(), "502"
+        if fault is Fault.SERVER_ERROR:
+            return task_error(500, "do_request_failed", _DO_REQUEST_FAILED), "500"
+        if fault is Fault.UNAVAILABLE:
+            return task_error(503, "fail_to_fetch_task", _UNAVAILABLE), "503"
+        if fault in (Fault.RATE_LIMIT, Fault.RATE_LIMIT_RETRY_AFTER):
+            response = task_error(429, "fail_to_fetch_task", _THROTTLED)
+            if fault is Fault.RATE_LIMIT_RETRY_AFTER:
+                response.headers["Retry-After"] = retry_after_value(choice.retry_after)
+            return response, "429"
+        return None
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _new_task(self, body: Mapping[str, Any], prompt: str, model: str) -> GatewayTask:
+        now = self._now()
+        upstream_id = self._uuid_from(self._id_rng)
+        task_id = upstream_id if self._task_id_style == "uuid" else self._task_id()
+        params = _parameters(body)
+        rules = MODEL_RULES.get(model)
+        task = GatewayTask(
+            row_id=len(self._tasks) + 1,
+            task_id=task_id,
+            prompt=prompt,
+            model=model,
+            size=_str_or(params.get("size"), rules.default_size if rules else "1920*1080"),
+            duration=_duration(params.get("duration"), rules.default_duration if rules else 5),
+            prompt_extend=params.get("prompt_extend") is not False,
+            created_at=now,
+            upstream=self._upstream_task(upstream_id, body, prompt, now),
+            data=submit_json(upstream_id, self._uuid()),
+        )
+        self._upstream.submit(task.upstream, now)
+        self._tasks[task_id] = task
+        self._unfinished[task_id] = task
+        self.stats.tasks_per_prompt[prompt] += 1
+        return task
+
+    def _upstream_task(
+        self, upstream_id: str, body: Mapping[str, Any], prompt: str, now: float
+    ) -> up.UpstreamTask:
+        seconds = float(self._processing_time(body, self._rng))
+        if not (math.isfinite(seconds) and seconds >= 0):
+            msg = f"processing_time returned {seconds!r}; it must be a finite number >= 0"
+            raise ValueError(msg)
+        # Always draw, so a [fail] prompt does not shift the draws of later tasks.
+        unlucky = self._rng.random() < self._failure_rate
+        failure: tuple[str, str] | None = None
+        if up.FAIL_MARKER in prompt:
+            failure = up.MODERATION_ERROR
+        elif unlucky:
+            failure = up.INTERNAL_ERROR
+        return up.UpstreamTask(
+            task_id=upstream_id, submit_time=now, processing_time=seconds, failure=failure
+        )
+
+    def _info(self, task: GatewayTask) -> TaskInfo:
+        failure = task.upstream.failure
+        return TaskInfo(
+            task_id=task.task_id,
+            prompt=task.prompt,
+            model=task.model,
+            status=task.status,
+            progress=task.progress,
+            upstream_status=task.upstream.state,
+            created_at=task.created_at,
+            upstream_start=task.upstream.start_time,
+            upstream_end=task.upstream.end_time,
+            gateway_start=task.start_time,
+            gateway_finish=task.finish_time,
+            first_terminal_get=task.first_terminal_get,
+            updated_at=task.updated_at,
+            gets=self.stats.gets_per_task[task.task_id],
+            get_times=tuple(task.get_times),
+            video_url=task.video_url,
+            fail_code=None if failure is None else failure[0],
+            fail_message=None if failure is None else failure[1],
+        )
+
+    def _now(self) -> float:
+        """The clock's time, never going backwards (the system clock may)."""
+        self._last_now = max(self._last_now, self._clock.time())
+        return self._last_now
+
+    def _task_id(self) -> str:
+        return "task_" + "".join(self._id_rng.choices(_ALNUM, k=32))
+
+    def _uuid(self) -> str:
+        return self._uuid_from(self._rid_rng)
+
+    @staticmethod
+    def _uuid_from(rng: random.Random) -> str:
+        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+
+    def _request_id(self) -> str:
+        """A request id like new-api's: a timestamp, then random characters."""
+        stamp = unix(self._clock.time())
+        return f"{stamp}{''.join(self._rid_rng.choices(_ALNUM, k=12))}"
+
+    def _url(self, port: int) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        return f"http://{host}:{port}"
+
+    async def _serve(self, app: web.Application, port: int) -> int:
+        """Serve ``app`` on ``port`` (0: any) of our host; return the port bound."""
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT
+        )
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, self._host, port)
+        await site.start()
+        address = runner.addresses[0]
+        return int(address[1])
+
+    def _require_started(self, url: str | None) -> str:
+        if url is None:
+            msg = "FakeGateway is not running; use 'async with FakeGateway(...)' or start()"
+            raise RuntimeError(msg)
+        return url
+
+
+# -- module helpers ----------------------------------------------------------------------------
+
+
+def _distorted(dto: dict[str, Any], fault: Fault | None) -> dict[str, Any]:
+    """Apply a GET-only fault to one answer, leaving the stored view alone."""
+    if fault is Fault.UNKNOWN_STATUS:
+        return {**dto, "status": "MYSTERY_STATE"}
+    if fault is Fault.STATUS_REGRESSION and dto["status"] == "IN_PROGRESS":
+        # An upstream hiccup: it reports the task as waiting again.
+        regressed = copy.deepcopy(dto)
+        regressed["status"], regressed["progress"] = "QUEUED", "20%"
+        output = regressed.get("data", {}).get("output")
+        if isinstance(output, dict):
+            output["task_status"] = up.PENDING
+        return regressed
+    return dto
+
+
+def _upstream_rejection(body: Mapping[str, Any], prompt: str, model: str) -> str | None:
+    """What upstream says about the parameters, or ``None`` when it accepts them."""
+    metadata = body.get("metadata") or {}
+    if not isinstance(metadata, Mapping):
+        return "metadata must be an object"
+    fields: dict[str, Any] = {}
+    for section, keys in (("input", _INPUT_KEYS), ("parameters", _PARAMETER_KEYS)):
+        values = metadata.get(section) or {}
+        if not isinstance(values, Mapping):
+            return f"{section} must be an object"
+        fields.update((key, values[key]) for key in keys if key in values)
+    try:
+        VideoRequest(prompt=prompt, model=model, **fields)
+    except ValidationError as exc:
+        return "; ".join(str(problem) for problem in exc.problems)
+    except TypeError as exc:
+        return str(exc)
+    return None
+
+
+def _parameters(body: Mapping[str, Any]) -> Mapping[str, Any]:
+    metadata = body.get("metadata")
+    params = metadata.get("parameters") if isinstance(metadata, Mapping) else None
+    return params if isinstance(params, Mapping) else {}
+
+
+def _str_or(value: object, default: str) -> str:
+    return value if isinstance(value, str) else default
+
+
+def _duration(value: object, default: int) -> int:
+    ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+    return value if ok and isinstance(value, int) else default
+
+
+async def _cut_download(
+    request: web.Request, answer: web.Response, content: bytes
+) -> web.StreamResponse:
+    """Declare the whole body, send half of it, then drop the connection."""
+    response = web.StreamResponse(status=answer.status)
+    for name in ("Accept-Ranges", "Content-Range", "x-oss-request-id"):
+        if name in answer.headers:
+            response.headers[name] = answer.headers[name]
+    response.content_type = "video/mp4"
+    response.content_length = len(content)
+    await response.prepare(request)
+    await response.write(content[: len(content) // 2])
+    abort(request)
+    return response
+
+
+def _make_bucket(rate: float | None, burst: float | None, clock: Clock) -> TokenBucket | None:
+    if rate is None:
+        if burst is not None:
+            msg = "rate_burst needs rate_limit"
+            raise ValueError(msg)
+        return None
+    rate = positive("rate_limit", rate)
+    burst = max(1.0, rate) if burst is None else positive("rate_burst", burst)
+    if burst < 1:
+        msg = f"rate_burst must be at least 1, got {burst!r}"
+        raise ValueError(msg)
+    return TokenBucket(rate=rate, burst=burst, clock=clock)
