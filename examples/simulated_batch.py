@@ -27,18 +27,17 @@ PROMPTS = [
 
 async def main() -> None:
     clock = ScaledClock(60)
-    async with FakeGateway(clock=clock, slots=3, seed=7) as gateway:
-        async with WanClient(
-            api_key=gateway.api_key, base_url=gateway.base_url, clock=clock
-        ) as client:
-            requests = [
-                VideoRequest(prompt=p, model="wan2.6-t2v", size="1280*720", duration=5)
-                for p in PROMPTS
-            ]
-            started = time.monotonic()
-            outcomes = await client.generate_many(requests, return_outcomes=True)
-            elapsed = time.monotonic() - started
-            stats = client.stats
+    async with (
+        FakeGateway(clock=clock, slots=3, seed=7) as gateway,
+        WanClient(api_key=gateway.api_key, base_url=gateway.base_url, clock=clock) as client,
+    ):
+        requests = [
+            VideoRequest(prompt=p, model="wan2.6-t2v", size="1280*720", duration=5) for p in PROMPTS
+        ]
+        started = time.monotonic()
+        outcomes = await client.generate_many(requests, return_outcomes=True)
+        elapsed = time.monotonic() - started
+        stats = client.stats
     print(f"{'#':>2}  {'task id':<38} {'result'}")
     for outcome in outcomes:
         if outcome.result is not None:
