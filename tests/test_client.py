@@ -20,6 +20,7 @@ from wan_async import (
     PermissionDeniedError,
     QuotaExceededError,
     RateLimitedError,
+    RetryPolicy,
     ServerError,
     SubmitOutcomeUnknown,
     TaskNotFound,
@@ -40,6 +41,8 @@ pytestmark = pytest.mark.anyio
 
 REQUEST = VideoRequest(prompt="a lighthouse at dusk", model="wan2.6-t2v", size="1280*720")
 SECRET = "sk-very-secret-key-0123456789"
+#: One exchange per call: these tests pin how each single failure is classified.
+ONE_TRY = RetryPolicy(attempts=1)
 
 
 async def poll_until_terminal(client: WanClient, task_id: str) -> list[TaskStatus]:
@@ -205,7 +208,7 @@ async def test_submit_faults_are_classified(
 ) -> None:
     """Certainly-not-created failures raise as themselves; the rest as SubmitOutcomeUnknown."""
     gateway.inject(fault, on="submit", delay=0.5, retry_after=7)
-    async with make_client(gateway, timeouts=Timeouts(read=0.2)) as client:
+    async with make_client(gateway, timeouts=Timeouts(read=0.2), retry=ONE_TRY) as client:
         with pytest.raises(error) as info:
             await client.create_task(REQUEST)
     err = info.value
@@ -245,7 +248,7 @@ async def test_get_faults_are_typed_errors(
     gateway: FakeGateway, fault: Fault, error: type[WanError]
 ) -> None:
     """Every query fault is a typed, retryable WanError, never a bare KeyError or JSON error."""
-    async with make_client(gateway, timeouts=Timeouts(read=0.2)) as client:
+    async with make_client(gateway, timeouts=Timeouts(read=0.2), retry=ONE_TRY) as client:
         created = await client.create_task(REQUEST)
         # aiohttp itself retries an idempotent GET once when a reused connection resets.
         times = 2 if fault is Fault.RESET_BEFORE_CREATE else 1
@@ -347,7 +350,7 @@ async def test_debug_logs_never_carry_the_key(
     """Requests are logged at DEBUG under 'wan_async', without the key."""
     caplog.set_level(logging.DEBUG)
     gateway.inject(Fault.SERVER_ERROR, on="get")
-    async with make_client(gateway) as client:
+    async with make_client(gateway, retry=ONE_TRY) as client:
         created = await client.create_task(REQUEST)
         with pytest.raises(ServerError):
             await client.get_task(created.task_id)

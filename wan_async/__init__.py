@@ -32,6 +32,7 @@ from ._exceptions import (
 )
 from ._handle import TaskHandle
 from ._models import TaskCreated, TaskSnapshot, TaskStatus, Usage, VideoRequest, VideoResult
+from ._retry import RetryPolicy
 from ._rules import MODEL_RULES, ModelRules
 from ._schedule import PollPolicy
 from ._version import __version__
@@ -57,6 +58,7 @@ __all__ = [
     "Problem",
     "QuotaExceededError",
     "RateLimitedError",
+    "RetryPolicy",
     "ScaledClock",
     "ServerError",
     "SubmitOutcomeUnknown",

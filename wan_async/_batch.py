@@ -56,6 +56,26 @@ class Outcome:
 Submit = Callable[[VideoRequest], Awaitable[TaskHandle]]
 
 
+class Window:
+    """An adaptive in-flight limit: how many more tasks may be submitted now."""
+
+    def __init__(
+        self,
+        *,
+        outstanding: Callable[[], int],
+        limit: Callable[[], int],
+        changed: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._outstanding = outstanding
+        self._limit = limit
+        self._changed = changed
+
+    async def wait_for_room(self, submitting: Callable[[], int]) -> None:
+        """Wait until the client's outstanding tasks, plus those being submitted, fit."""
+        while self._outstanding() + submitting() >= self._limit():
+            await self._changed()
+
+
 class Batch:
     """Runs one batch: submits under an in-flight limit, waits, reports each outcome once."""
 
@@ -66,6 +86,7 @@ class Batch:
         submit: Submit,
         clock: Clock,
         max_in_flight: int,
+        window: Window | None,
         item_timeout: float | None,
         deadline: float | None,
         fail_fast: bool,
@@ -74,6 +95,8 @@ class Batch:
         self._submit = submit
         self._clock = clock
         self._slots = anyio.Semaphore(max_in_flight)
+        self._window = window
+        self._submitting = 0
         self._item_timeout = item_timeout
         self._fail_fast = fail_fast
         now = anyio.current_time()
@@ -95,6 +118,9 @@ class Batch:
                 async with anyio.create_task_group() as tg:
                     for index, request in enumerate(self._requests):
                         await self._slots.acquire()
+                        if self._window is not None:
+                            await self._window.wait_for_room(lambda: self._submitting)
+                        self._submitting += 1
                         tg.start_soon(self._item, index, request)
             for index, request in enumerate(self._requests):
                 if index not in self._reported:
@@ -145,8 +171,10 @@ class Batch:
     async def _run_item(self, index: int, request: VideoRequest) -> Outcome:
         try:
             handle = await self._submit(request)
-        except Exception as exc:
+        except Exception as exc:  # every failure becomes this item's outcome
             return Outcome(index=index, request=request, error=exc)
+        finally:
+            self._submitting -= 1
         self._task_ids[index] = handle.task_id
         try:
             result = await handle.wait(self._item_timeout)

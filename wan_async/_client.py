@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Callable, Iterable
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, TypeVar, overload
 from urllib.parse import quote
@@ -12,20 +13,15 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
-from ._batch import Batch, Outcome
+from ._batch import Batch, Outcome, Window
 from ._clock import Clock, SystemClock
 from ._config import Timeouts, resolve_api_key, resolve_base_url
-from ._exceptions import (
-    ClientClosedError,
-    DecodeError,
-    RateLimitedError,
-    SubmitOutcomeUnknown,
-    WanError,
-)
+from ._exceptions import ClientClosedError, DecodeError, SubmitOutcomeUnknown, WanError
 from ._handle import TaskHandle
 from ._models import TaskCreated, TaskSnapshot, VideoRequest, VideoResult
 from ._poller import Poller, PollerStats, StatusListener
 from ._ratelimit import RateBudget, RateStats
+from ._retry import RetryPolicy, call_with_retries
 from ._schedule import PollPolicy, duration_key
 from ._serde import created_from_wire, request_to_wire, snapshot_from_wire
 from ._transport import Answer, Transport
@@ -38,6 +34,8 @@ SUBMIT_PATH = "/v1/video/generations"
 POLLER_TASK_NAME = "wan_async.poller"
 
 _T = TypeVar("_T")
+#: Tasks a batch keeps outstanding before anything is known of upstream's capacity.
+_INITIAL_WINDOW = 8
 
 
 class _State(enum.Enum):
@@ -76,6 +74,7 @@ class WanClient:
         max_requests_per_second: the budget shared by submits and polls, per clock second
             (``None``: unlimited until the gateway answers 429).
         poll_policy: how the shared poller spends its requests.
+        retry: how failed requests are retried (a submit only when certainly not created).
 
     Raises:
         ConfigurationError: no API key, or an unusable base URL.
@@ -94,6 +93,7 @@ class WanClient:
         max_in_flight: int = 500,
         max_requests_per_second: float | None = 10.0,
         poll_policy: PollPolicy = PollPolicy(),  # noqa: B008 - frozen
+        retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen
     ) -> None:
         if max_concurrent_submits < 1 or max_in_flight < 1:
             msg = "max_concurrent_submits and max_in_flight must be at least 1"
@@ -113,8 +113,12 @@ class WanClient:
             clock=self.clock,
         )
         self._submit_slots = anyio.Semaphore(max_concurrent_submits)
+        self._retry = retry
+        self._rng = random.Random()
+        # The poller draws on the budget itself (to pick which task to spend it on) and
+        # retries by rescheduling, so it gets the bare single GET.
         self._poller = Poller(
-            fetch=self.get_task, budget=self._budget, clock=self.clock, policy=poll_policy
+            fetch=self._get_once, budget=self._budget, clock=self.clock, policy=poll_policy
         )
         self._task_group: TaskGroup | None = None
         self._submits = 0
@@ -199,13 +203,7 @@ class WanClient:
         """
         self._running()
         async with self._submit_slots:
-            await self._budget.acquire()
-            self._submits += 1
-            try:
-                created = await self.create_task(request)
-            except RateLimitedError:
-                self._budget.throttled()
-                raise
+            created = await self.create_task(request)
         handle = TaskHandle(created.task_id, request=request, clock=self.clock)
         key = duration_key(request.model, request.size, request.duration)
         self._poller.track(handle, key=key, submitted=True)
@@ -261,9 +259,11 @@ class WanClient:
 
         Args:
             requests: the batch; each already validated (they are ``VideoRequest``).
-            max_in_flight: tasks submitted and not yet ended at once (default: the client's).
-                The next item is submitted when one ends, so a huge batch never floods the
-                gateway.
+            max_in_flight: a fixed limit on tasks submitted and not yet ended. By default the
+                limit adapts to upstream's capacity as the poller observes it (a task beyond
+                it would only sit queued, costing status checks), never above the client's
+                ``max_in_flight``. The next item is submitted when a slot frees, so a huge
+                batch never floods the gateway.
             timeout: clock seconds each item may wait for its task to end.
             deadline: clock seconds from now for the whole batch.
             fail_fast: stop the batch at the first failed item. Without it, one failure
@@ -275,10 +275,19 @@ class WanClient:
         """
         task_group = self._running()
         items = _checked_requests(requests)
+        window = None
+        if max_in_flight is None:
+            poller = self._poller
+            window = Window(
+                outstanding=lambda: poller.stats.outstanding,
+                limit=lambda: poller.window(initial=_INITIAL_WINDOW),
+                changed=poller.wait_changed,
+            )
         batch = Batch(
             items,
             submit=self.submit,
             clock=self.clock,
+            window=window,
             max_in_flight=max_in_flight or self.max_in_flight,
             item_timeout=timeout,
             deadline=deadline,
@@ -358,39 +367,51 @@ class WanClient:
     # -- low level ------------------------------------------------------------------------
 
     async def create_task(self, request: VideoRequest) -> TaskCreated:
-        """Submit one task, once: never retried here, since a retry may bill twice.
+        """Submit one task. Retried only while the task was certainly not created.
 
         Returns:
             The created task's id and status.
 
         Raises:
             SubmitOutcomeUnknown: the request was sent but its answer was lost; a task may
-                exist. Its ``cause`` is the transport or API error.
+                exist and be billed. Never retried; its ``cause`` is the transport or API error.
             WanError: any other failure, in which case no task was created.
         """
         self._check_open()
         if not isinstance(request, VideoRequest):
             msg = f"create_task() takes a VideoRequest, got {type(request).__name__}"
             raise TypeError(msg)
-        submitted_at = self.clock.time()
-        try:
-            body = request_to_wire(request)
+        body = request_to_wire(request)
+        sent_at = self.clock.time()
+
+        async def once() -> TaskCreated:
+            nonlocal sent_at
+            sent_at = self.clock.time()
+            self._submits += 1
             answer = await self._transport.request("POST", SUBMIT_PATH, body=body)
             return _decoded(answer, SUBMIT_PATH, "POST", created_from_wire)
+
+        try:
+            return await self._with_retries(once, submit=True, what="submit")
         except WanError as exc:
             if exc.task_may_exist:
                 raise SubmitOutcomeUnknown(
-                    request=request, submitted_at=submitted_at, cause=exc
+                    request=request, submitted_at=sent_at, cause=exc
                 ) from exc
             raise
 
     async def get_task(self, task_id: str) -> TaskSnapshot:
-        """Fetch a task's status as the gateway last refreshed it (one GET).
+        """Fetch a task's status as the gateway last refreshed it (retried when transient).
 
         Raises:
             TaskNotFound: the gateway knows no such task.
             WanError: the query failed.
         """
+        return await self._with_retries(
+            lambda: self._get_once(task_id), submit=False, what=f"status of {task_id}"
+        )
+
+    async def _get_once(self, task_id: str) -> TaskSnapshot:
         self._check_open()
         if not isinstance(task_id, str) or not task_id.strip():
             msg = f"task_id must be a non-empty string, got {task_id!r}"
@@ -398,6 +419,20 @@ class WanClient:
         path = f"{SUBMIT_PATH}/{quote(task_id, safe='')}"
         answer = await self._transport.request("GET", path)
         return _decoded(answer, path, "GET", snapshot_from_wire)
+
+    async def _with_retries(
+        self, call: Callable[[], Awaitable[_T]], *, submit: bool, what: str
+    ) -> _T:
+        return await call_with_retries(
+            call,
+            policy=self._retry,
+            clock=self.clock,
+            rng=self._rng,
+            submit=submit,
+            before_attempt=self._budget.acquire,
+            on_rate_limited=self._budget.throttled,
+            what=what,
+        )
 
 
 def _checked_requests(requests: Iterable[VideoRequest]) -> list[VideoRequest]:

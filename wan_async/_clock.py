@@ -58,15 +58,20 @@ class ScaledClock:
 
     Args:
         scale: clock seconds per real second; ``100`` turns a 15 s gateway tick into 0.15 s.
-        epoch: the Unix time the clock reads when created (default: the real time now).
+        epoch: the Unix time the clock reads at ``origin`` (default: the real time now).
+        origin: the ``time.monotonic()`` reading at which the clock reads ``epoch`` (default:
+            now). Monotonic time is machine-wide, so two processes given the same ``epoch``
+            and ``origin`` share one clock (a simulator in one, a client in the other).
     """
 
-    def __init__(self, scale: float, *, epoch: float | None = None) -> None:
+    def __init__(
+        self, scale: float, *, epoch: float | None = None, origin: float | None = None
+    ) -> None:
         if not scale > 0:
             msg = f"scale must be a positive number, got {scale!r}"
             raise ValueError(msg)
         self._scale = float(scale)
-        self._real_origin = time.monotonic()
+        self._real_origin = time.monotonic() if origin is None else float(origin)
         self._epoch = time.time() if epoch is None else float(epoch)
 
     @property
@@ -81,6 +86,16 @@ class ScaledClock:
 
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(max(0.0, seconds) / self._scale)
+
+    @property
+    def epoch(self) -> float:
+        """The Unix time the clock read at its origin."""
+        return self._epoch
+
+    @property
+    def origin(self) -> float:
+        """The ``time.monotonic()`` reading at which the clock read ``epoch``."""
+        return self._real_origin
 
     def __repr__(self) -> str:
         return f"ScaledClock(scale={self._scale:g})"

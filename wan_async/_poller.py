@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import math
 import random
 from collections.abc import Awaitable, Callable
 
@@ -90,7 +91,11 @@ class Poller:
         self._skew = 0.0
         #: The latest refresh time seen on any task: the phase of the gateway's refresh loop.
         self._phase: float | None = None
-        self._probing = False
+        #: Upstream capacity, as far as this client can tell (see window()).
+        self._running = 0
+        self._peak_running = 0
+        self._queue_seen = False
+        self._changed = anyio.Event()
         self._listeners: list[StatusListener] = []
         self._closed = False
         self._polls = 0
@@ -130,16 +135,32 @@ class Poller:
             return
         now = self._gateway_now()
         watch = Watch(handle=handle, key=key, seen_at=now, next_at=now)
-        if submitted and self._phase is None and not self._probing:
-            # Nothing is known of the refresh loop's phase yet: one early look at one task
-            # (after one period, so it has been refreshed) tells it for all the others.
-            self._probing = True
-            watch.next_at = now + self._refresh.period + self._policy.margin
-        elif submitted:
-            watch.next_at = self._plan(watch, TaskStatus.NOT_START)
+        if submitted:
+            watch.next_at = self._first_plan(watch)
         handle._watch = watch
         self._watches[handle.task_id] = watch
         self._push(watch)
+
+    def window(self, *, initial: int) -> int:
+        """How many tasks this client should keep outstanding to keep upstream busy.
+
+        Tasks beyond upstream's capacity only sit queued, costing status checks. Until upstream
+        is seen to queue a task, the window doubles with every task seen running (from
+        ``initial``); after that it is the most tasks seen running at once plus a quarter more,
+        so that a freed slot finds a task of ours already waiting for it.
+        """
+        peak = self._peak_running
+        if not self._queue_seen:
+            return max(initial, 2 * peak)
+        return max(2, peak + max(2, -(-peak // 4)))
+
+    async def wait_changed(self) -> None:
+        """Wait until a task ends or upstream's capacity is better known."""
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
 
     def close(self) -> None:
         """Stop tracking: every pending handle fails with :class:`ClientClosedError`."""
@@ -150,6 +171,7 @@ class Poller:
             watch.active = False
             watch.handle._fail(ClientClosedError(_CLOSED))
         self._wakeup.set()
+        self._notify()
 
     async def run(self, *, task_status: AnyioTaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """The poller coroutine: runs until cancelled, with a few GET workers beside it."""
@@ -275,8 +297,15 @@ class Poller:
             elif refreshed > self._phase:
                 self._phase = refreshed
         watch.seen_at = local_now - self._skew
+        if snapshot.status is TaskStatus.QUEUED and not self._queue_seen:
+            self._queue_seen = True
+            self._notify()
         if snapshot.start_time is not None and watch.started_at is None:
             watch.started_at = snapshot.start_time.timestamp()
+            self._running += 1
+            if self._running > self._peak_running:
+                self._peak_running = self._running
+                self._notify()
         if previous is None or previous.raw_status != snapshot.raw_status:
             logger.debug("task %s is %s", handle.task_id, snapshot.raw_status)
             for listener in self._listeners:
@@ -296,9 +325,23 @@ class Poller:
         """Align the checks planned before the refresh phase was known onto the refreshes."""
         for watch in self._watches.values():
             if watch.refreshed_at is None and watch.active and watch.next_at != float("inf"):
-                status = watch.handle.status
-                watch.next_at = self._plan(watch, status)
+                watch.next_at = self._first_plan(watch)
                 self._push(watch)
+
+    def _first_plan(self, watch: Watch) -> float:
+        """The first check of a task just submitted."""
+        if not self._queue_seen:
+            # Until upstream has been seen to queue our tasks, look right after the first
+            # refresh: it tells the refresh phase and whether upstream has room (window()).
+            return self._first_refresh_after(watch.seen_at)
+        return self._plan(watch, TaskStatus.NOT_START)
+
+    def _first_refresh_after(self, when: float) -> float:
+        period = self._refresh.period
+        if self._phase is None:
+            return when + period + self._policy.margin
+        steps = max(1, math.ceil((when - self._phase) / period))
+        return self._phase + steps * period + self._policy.margin
 
     def _plan(self, watch: Watch, status: TaskStatus) -> float:
         return next_check(
@@ -327,7 +370,10 @@ class Poller:
     def _finish(self, watch: Watch, result: VideoResult | None, error: WanError | None) -> None:
         watch.active = False
         self._watches.pop(watch.handle.task_id, None)
+        if watch.started_at is not None:
+            self._running -= 1
         watch.handle._resolve(result, error)
+        self._notify()
 
 
 def _priority(watch: Watch) -> int:

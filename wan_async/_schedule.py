@@ -37,7 +37,7 @@ _DEFAULT_DURATION = 5
 _PRIOR_1080P_5S = 150.0
 #: Before any task of a kind has been seen to finish, assume it may take as little as this
 #: fraction of the prior median, and never less than SPEC §6's "1 minute" halved.
-_PRIOR_SPREAD = 0.4
+_PRIOR_SPREAD = 0.5
 _PRIOR_FLOOR = 30.0
 _MIN_OBSERVED = 3
 
@@ -79,39 +79,54 @@ class PollPolicy:
 
 
 class DurationModel:
-    """What generation takes, per kind of task: a prior, refined by observed tasks."""
+    """What generation takes, per kind of task: a prior, refined by observed spans.
 
-    def __init__(self, policy: PollPolicy, *, window: int = 50) -> None:
+    Spans are learnt per kind (model, size, duration) and, pooled over all kinds, as a ratio
+    to each kind's prior median: a few finished tasks of any kind already tell how fast this
+    upstream is for the others.
+    """
+
+    def __init__(self, policy: PollPolicy, *, window: int = 100) -> None:
         self._policy = policy
         self._window = window
-        self._seen: dict[DurationKey, deque[float]] = {}
-        self._all: deque[float] = deque(maxlen=window)
+        self._spans: dict[DurationKey, deque[float]] = {}
+        self._ratios: deque[float] = deque(maxlen=window)
 
-    def observe(self, key: DurationKey | None, seconds: float) -> None:
-        """Record that a task of this kind ran ``seconds`` between its start and finish stamps."""
-        if seconds <= 0:
+    def observe(self, key: DurationKey | None, span: float) -> None:
+        """Record that a task of this kind showed ``span`` between start and finish stamps."""
+        if span <= 0:
             return
-        self._all.append(seconds)
+        self._ratios.append(span / _prior_median(key))
         if key is not None:
-            self._seen.setdefault(key, deque(maxlen=self._window)).append(seconds)
+            self._spans.setdefault(key, deque(maxlen=self._window)).append(span)
 
     def shortest(self, key: DurationKey | None, period: float) -> float:
         """A span (finish stamp - start stamp) the task is unlikely to undercut."""
-        seen: Iterable[float] = self._seen.get(key, ()) if key is not None else self._all
-        seen = list(seen)
-        if len(seen) >= _MIN_OBSERVED:
+        spans = self._spans.get(key, ()) if key is not None else ()
+        if len(spans) >= _MIN_OBSERVED:
             # Half a period of slack: a new task may be a little quicker than any seen so far.
-            return max(0.0, min(seen) - period / 2)
+            return max(0.0, _low(spans) - period / 2)
+        if len(self._ratios) >= _MIN_OBSERVED:
+            return max(0.0, _prior_median(key) * _low(self._ratios) - period)
         if self._policy.shortest_duration is not None:
             work = self._policy.shortest_duration
-        elif key is None:
-            work = _PRIOR_FLOOR
         else:
-            _, size, duration = key
-            median = _PRIOR_1080P_5S * _key_factor(size) * duration / 5
-            work = max(_PRIOR_FLOOR, median * _PRIOR_SPREAD)
+            work = max(_PRIOR_FLOOR, _prior_median(key) * _PRIOR_SPREAD)
         # Stamps are refresh times: a span can be up to a period shorter than the work.
         return max(0.0, work - period)
+
+
+def _prior_median(key: DurationKey | None) -> float:
+    if key is None:
+        return _PRIOR_1080P_5S
+    _, size, duration = key
+    return _PRIOR_1080P_5S * _key_factor(size) * duration / 5
+
+
+def _low(values: Iterable[float]) -> float:
+    """A low quantile: the minimum of a few values, the 3rd percentile of many."""
+    ordered = sorted(values)
+    return ordered[int(len(ordered) * 0.03)]
 
 
 class RefreshEstimate:

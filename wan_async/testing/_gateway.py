@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import hashlib
 import ipaddress
 import json
@@ -123,6 +124,8 @@ class FakeGateway:
         seed: seed of every random draw (processing times, failures, ids, chaos).
         processing_time: ``f(body, rng) -> seconds`` of upstream work per task (default:
             :func:`default_processing_time`).
+        processing_spread: the lognormal sigma of the default processing time, for one size
+            and duration (0 makes every task of a kind take the median).
         failure_rate: fraction of tasks upstream fails with ``InternalError``. Prompts
             containing ``"[fail]"`` always fail with ``DataInspectionFailed``.
         fail_reason_style: ``"short"`` (``fail_reason`` is ``"task failed"``) or ``"full"``.
@@ -159,6 +162,7 @@ class FakeGateway:
         shared_delay: tuple[float, float] = (0.0, 60.0),
         seed: int = 0,
         processing_time: up.ProcessingTime | None = None,
+        processing_spread: float = 0.3,
         failure_rate: float = 0.0,
         fail_reason_style: FailReasonStyle = "short",
         url_field: UrlField = "fail_reason",
@@ -200,7 +204,12 @@ class FakeGateway:
         self._clock: Clock = SystemClock() if clock is None else clock
         self._tick = positive("tick", tick)
         self._max_refresh = positive_int("max_refresh_per_tick", max_refresh_per_tick)
-        self._processing_time = processing_time or up.default_processing_time
+        if not (isinstance(processing_spread, (int, float)) and processing_spread >= 0):
+            msg = f"processing_spread must be a number >= 0, got {processing_spread!r}"
+            raise ValueError(msg)
+        self._processing_time = processing_time or functools.partial(
+            up.default_processing_time, sigma=float(processing_spread)
+        )
         self._failure_rate = float(failure_rate)
         self._style = ViewStyle(url_field=url_field, fail_reason_style=fail_reason_style)
         self._video_bytes = non_negative_int("video_bytes", video_bytes)

@@ -43,19 +43,21 @@ _END = 0
 _GRANT = 1
 
 
-def default_processing_time(body: Mapping[str, Any], rng: random.Random) -> float:
+def default_processing_time(
+    body: Mapping[str, Any], rng: random.Random, *, sigma: float = _SIGMA
+) -> float:
     """Draw upstream's working time for one task, in seconds.
 
     Lognormal with a median of 150 s for a 1080P-tier, 5 s video (the documented example took
     153 s), scaled linearly with duration, times 0.6 for the 720P tier and 0.4 for the 480P tier
-    (by pixel count); sigma 0.3; clipped to 30-900 s.
+    (by pixel count); lognormal ``sigma`` (default 0.3); clipped to 30-900 s.
     """
     size, duration = _size_and_duration(body)
     width, height = (int(part) for part in size.split("*"))
     pixels = width * height
     tier = 0.4 if pixels <= _MAX_480P_PIXELS else 0.6 if pixels <= _MAX_720P_PIXELS else 1.0
     median = _MEDIAN_1080P_5S * (duration / 5.0) * tier
-    seconds = rng.lognormvariate(math.log(median), _SIGMA)
+    seconds = rng.lognormvariate(math.log(median), sigma)
     return min(_MAX_SECONDS, max(_MIN_SECONDS, seconds))
 
 

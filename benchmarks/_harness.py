@@ -1,0 +1,122 @@
+"""Shared plumbing of the benchmarks: a simulator in one process, a client in another.
+
+Both processes share one ScaledClock (same epoch and monotonic origin), so gateway minutes pass
+in real seconds while the client's CPU time and memory are measured apart from the
+simulator's.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from wan_async import ScaledClock
+from wan_async.testing import FakeGateway
+
+ClientJob = Callable[[str, str, ScaledClock, Mapping[str, Any]], Awaitable[dict[str, Any]]]
+
+
+def _clock(shared: Mapping[str, float]) -> ScaledClock:
+    return ScaledClock(shared["scale"], epoch=shared["epoch"], origin=shared["origin"])
+
+
+def _simulator_process(conn: Connection, shared: dict[str, float], options: dict[str, Any]) -> None:
+    async def run() -> None:
+        async with FakeGateway(clock=_clock(shared), **options) as gw:
+            conn.send((gw.base_url, gw.api_key))
+            await anyio.to_thread.run_sync(conn.recv)
+            tasks = gw.tasks()
+            conn.send(
+                {
+                    "tasks": len(tasks),
+                    "gets": [t.gets for t in tasks],
+                    "lags": gw.detection_lags(),
+                    "submits": sum(gw.stats.outcomes("submit").values()),
+                    "duplicates": sum(n - 1 for n in gw.stats.tasks_per_prompt.values() if n > 1),
+                    "requests": dict(gw.stats.requests),
+                    "peak_running": gw.peak_running,
+                }
+            )
+
+    anyio.run(run)
+
+
+def _client_process(
+    conn: Connection,
+    job: ClientJob,
+    base_url: str,
+    api_key: str,
+    shared: dict[str, float],
+    params: dict[str, Any],
+) -> None:
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    out = anyio.run(job, base_url, api_key, _clock(shared), params)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    out["cpu"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    out["peak_rss_mib"] = after.ru_maxrss / 1024  # kilobytes on Linux
+    conn.send(out)
+
+
+def run_pair(
+    job: ClientJob,
+    *,
+    scale: float,
+    gateway: dict[str, Any],
+    params: dict[str, Any],
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Start a simulator, run ``job`` against it in a fresh process; return both reports."""
+    ctx = multiprocessing.get_context("spawn")
+    shared = {"scale": scale, "epoch": time.time(), "origin": time.monotonic()}
+    sim_parent, sim_child = ctx.Pipe()
+    sim = ctx.Process(target=_simulator_process, args=(sim_child, shared, gateway), daemon=True)
+    sim.start()
+    base_url, api_key = sim_parent.recv()
+    cli_parent, cli_child = ctx.Pipe()
+    client = ctx.Process(
+        target=_client_process,
+        args=(cli_child, job, base_url, api_key, shared, params),
+        daemon=True,
+    )
+    client.start()
+    client_report: dict[str, Any] = cli_parent.recv()
+    client.join()
+    sim_parent.send("stop")
+    sim_report: dict[str, Any] = sim_parent.recv()
+    sim.join()
+    return client_report, sim_report
+
+
+def percentile(values: Sequence[float], q: float) -> float:
+    """The q-th percentile (0-100) of ``values``, NaN when empty."""
+    if not values:
+        return float("nan")
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[min(98, max(0, int(q) - 1))]
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Print a GitHub-flavoured Markdown table."""
+    cells = [[str(h) for h in headers], *[[_fmt(c) for c in row] for row in rows]]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    line = lambda r: "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"  # noqa: E731
+    print(line(cells[0]))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in cells[1:]:
+        print(line(r))
+    sys.stdout.flush()
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+    return str(value)

@@ -1,0 +1,126 @@
+"""Retry rules (SPEC §2, §4): what may be tried again, and how long to wait before it.
+
+A GET (a status query, a download) is safe to repeat, so it is retried on connection errors,
+timeouts, 408, 429, 5xx and answers that are not the API's JSON. A submit is retried only when
+the gateway certainly did not create the task (``task_may_exist`` is false): the connection
+could not be opened, or the gateway itself answered 429 or 5xx with its own JSON error. When a
+submit's outcome is unknown it is never repeated: the caller gets
+:class:`~wan_async.SubmitOutcomeUnknown` and decides.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import anyio
+import attrs
+
+from ._clock import Clock
+from ._exceptions import APIError, RateLimitedError, WanError
+
+logger = logging.getLogger("wan_async")
+
+_T = TypeVar("_T")
+
+
+@attrs.frozen(kw_only=True)
+class RetryPolicy:
+    """How often, and after how long, a failed request is tried again.
+
+    Delays are exponential (``initial * multiplier ** n``, at most ``maximum``) with jitter,
+    in clock seconds; a ``Retry-After`` header, when sent, is honoured instead. A retry whose
+    wait would pass the caller's deadline is not attempted: the error is raised at once.
+
+    Args:
+        attempts: tries in all, the first included (1 disables retries).
+        initial: the first delay.
+        maximum: the longest delay.
+        multiplier: growth of the delay per attempt.
+        wait: ``False`` retries at once: for tests (see :meth:`no_wait`).
+    """
+
+    attempts: int = attrs.field(default=5, validator=attrs.validators.ge(1))
+    initial: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
+    maximum: float = attrs.field(default=60.0, validator=attrs.validators.ge(0))
+    multiplier: float = attrs.field(default=2.0, validator=attrs.validators.ge(1))
+    wait: bool = True
+
+    @classmethod
+    def no_wait(cls, attempts: int = 5) -> RetryPolicy:
+        """A policy that retries at once: for tests."""
+        return cls(attempts=attempts, wait=False)
+
+    def delay(self, attempt: int, *, retry_after: float | None, rng: random.Random) -> float:
+        """Clock seconds to wait after failed try number ``attempt`` (1-based)."""
+        if not self.wait:
+            return 0.0
+        if retry_after is not None:
+            return retry_after
+        backoff = min(self.maximum, self.initial * self.multiplier ** (attempt - 1))
+        # "Equal jitter": at least half the backoff, so retries spread without bunching at 0.
+        return backoff / 2 + rng.uniform(0, backoff / 2)
+
+
+def should_retry(error: WanError, *, submit: bool) -> bool:
+    """Whether ``error`` may be retried: transient, and (for a submit) certainly not created."""
+    if not error.retryable:
+        return False
+    return not (submit and error.task_may_exist)
+
+
+async def call_with_retries(
+    call: Callable[[], Awaitable[_T]],
+    *,
+    policy: RetryPolicy,
+    clock: Clock,
+    rng: random.Random,
+    submit: bool,
+    before_attempt: Callable[[], Awaitable[None]],
+    on_rate_limited: Callable[[], None],
+    what: str,
+) -> _T:
+    """Run ``call`` until it succeeds, fails for good, or the attempts run out.
+
+    Args:
+        call: one attempt.
+        policy: attempts and delays.
+        clock: where to wait.
+        rng: jitter source.
+        submit: the call is a submit (retried only when certainly not created).
+        before_attempt: awaited before every attempt (draws on the request budget).
+        on_rate_limited: called on every 429, so the whole client slows down.
+        what: names the call in log lines.
+
+    Raises:
+        WanError: the last attempt's error.
+    """
+    attempt = 0
+    while True:
+        attempt += 1
+        await before_attempt()
+        try:
+            return await call()
+        except WanError as exc:
+            if isinstance(exc, RateLimitedError):
+                on_rate_limited()
+            if attempt >= policy.attempts or not should_retry(exc, submit=submit):
+                raise
+            retry_after = exc.retry_after if isinstance(exc, APIError) else None
+            delay = policy.delay(attempt, retry_after=retry_after, rng=rng)
+            left = anyio.current_effective_deadline() - anyio.current_time()
+            if not math.isinf(left) and delay / clock.scale >= left:
+                logger.info("%s failed (%s); no time left before the deadline to retry", what, exc)
+                raise
+            logger.info(
+                "%s failed (%s); retry %d/%d in %.1fs",
+                what,
+                exc,
+                attempt,
+                policy.attempts - 1,
+                delay,
+            )
+            await clock.sleep(delay)
