@@ -27,8 +27,9 @@ from typing import Any
 
 import anyio
 
-from _harness import percentile, print_table, run_pair
 from wan_async import ScaledClock, VideoRequest, WanClient, WanError
+
+from _harness import percentile, print_table, run_pair
 
 TICK = 15.0
 CONFIGS = [("1280*720", 5), ("1920*1080", 5), ("1280*720", 10), ("1920*1080", 10)]

@@ -20,8 +20,12 @@ from ._exceptions import (
     DeadlineExceeded,
     ModelNotFoundError,
     PermissionDeniedError,
+    SubmitOutcomeUnknown,
+    TaskFailed,
+    TaskNotFound,
 )
 from ._handle import TaskHandle
+from ._journal import Journal
 from ._models import VideoRequest, VideoResult
 
 #: Errors that will hit every item alike: one is enough to stop the batch.
@@ -54,6 +58,7 @@ class Outcome:
 
 
 Submit = Callable[[VideoRequest], Awaitable[TaskHandle]]
+Attach = Callable[[str], TaskHandle]
 
 
 class Window:
@@ -84,7 +89,9 @@ class Batch:
         requests: Sequence[VideoRequest],
         *,
         submit: Submit,
+        attach: Attach,
         clock: Clock,
+        journal: Journal | None,
         max_in_flight: int,
         window: Window | None,
         item_timeout: float | None,
@@ -93,7 +100,9 @@ class Batch:
     ) -> None:
         self._requests = requests
         self._submit = submit
+        self._attach = attach
         self._clock = clock
+        self._journal = journal
         self._slots = anyio.Semaphore(max_in_flight)
         self._window = window
         self._submitting = 0
@@ -113,6 +122,14 @@ class Batch:
 
     async def run(self) -> None:
         """Submit and wait for every item, then report the ones the batch cut short."""
+        try:
+            await self._run()
+        finally:
+            if self._journal is not None:
+                with anyio.CancelScope(shield=True):
+                    await self._journal.aclose()
+
+    async def _run(self) -> None:
         async with self._send:
             with self._scope:
                 async with anyio.create_task_group() as tg:
@@ -169,22 +186,71 @@ class Batch:
             self._slots.release()
 
     async def _run_item(self, index: int, request: VideoRequest) -> Outcome:
-        try:
-            handle = await self._submit(request)
-        except Exception as exc:  # every failure becomes this item's outcome
-            return Outcome(index=index, request=request, error=exc)
-        finally:
+        start = self._resume(index, request)
+        if start is None:
+            start = await self._submit_item(index, request)
+        else:
             self._submitting -= 1
-        self._task_ids[index] = handle.task_id
+        if isinstance(start, Outcome):
+            return start
+        return await self._wait_item(index, request, start)
+
+    def _resume(self, index: int, request: VideoRequest) -> TaskHandle | Outcome | None:
+        """Pick an item up where the journal left it; ``None`` if it is still to submit."""
+        if self._journal is None:
+            return None
+        state = self._journal.state(index)
+        if state.final is not None:
+            result, error = self._journal.outcome(index)
+            return Outcome(
+                index=index, request=request, task_id=state.task_id, result=result, error=error
+            )
+        if state.outcome_unknown:
+            at = state.submitting_at or 0.0
+            unknown = SubmitOutcomeUnknown(request=request, submitted_at=at, cause=None)
+            return Outcome(index=index, request=request, error=unknown)
+        if state.task_id is not None:
+            return self._attach(state.task_id)
+        return None
+
+    async def _wait_item(self, index: int, request: VideoRequest, handle: TaskHandle) -> Outcome:
+        task_id = handle.task_id
+        self._task_ids[index] = task_id
         try:
             result = await handle.wait(self._item_timeout)
         except TimeoutError:
-            error: BaseException = DeadlineExceeded(
-                f"task {handle.task_id} did not end within {self._item_timeout:g}s; it goes on "
+            late = DeadlineExceeded(
+                f"task {task_id} did not end within {self._item_timeout:g}s; it goes on "
                 "upstream, attach to it to collect it",
-                task_id=handle.task_id,
+                task_id=task_id,
             )
-            return Outcome(index=index, request=request, task_id=handle.task_id, error=error)
-        except Exception as exc:
-            return Outcome(index=index, request=request, task_id=handle.task_id, error=exc)
-        return Outcome(index=index, request=request, task_id=handle.task_id, result=result)
+            return Outcome(index=index, request=request, task_id=task_id, error=late)
+        except (TaskFailed, TaskNotFound) as exc:
+            if self._journal is not None:
+                await self._journal.finished(index, task_id, None, exc)
+            return Outcome(index=index, request=request, task_id=task_id, error=exc)
+        except Exception as exc:  # every failure becomes this item's outcome
+            return Outcome(index=index, request=request, task_id=task_id, error=exc)
+        if self._journal is not None:
+            await self._journal.finished(index, task_id, result, None)
+        return Outcome(index=index, request=request, task_id=task_id, result=result)
+
+    async def _submit_item(self, index: int, request: VideoRequest) -> TaskHandle | Outcome:
+        journal = self._journal
+        try:
+            if journal is not None:
+                # On disk before the request leaves: a crash after it reads as "unknown".
+                await journal.submitting(index, self._clock.time())
+            try:
+                handle = await self._submit(request)
+            except SubmitOutcomeUnknown as exc:
+                if journal is not None:
+                    await journal.unknown(index, exc.submitted_at, exc)
+                return Outcome(index=index, request=request, error=exc)
+            except Exception as exc:  # every failure becomes this item's outcome
+                return Outcome(index=index, request=request, error=exc)
+            if journal is not None:
+                await journal.submitted(index, handle.task_id)
+            return handle
+        finally:
+            self._submitting -= 1

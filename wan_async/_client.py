@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import os
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
@@ -18,6 +19,7 @@ from ._clock import Clock, SystemClock
 from ._config import Timeouts, resolve_api_key, resolve_base_url
 from ._exceptions import ClientClosedError, DecodeError, SubmitOutcomeUnknown, WanError
 from ._handle import TaskHandle
+from ._journal import Journal
 from ._models import TaskCreated, TaskSnapshot, VideoRequest, VideoResult
 from ._poller import Poller, PollerStats, StatusListener
 from ._ratelimit import RateBudget, RateStats
@@ -254,6 +256,7 @@ class WanClient:
         timeout: float | None = None,
         deadline: float | None = None,
         fail_fast: bool = False,
+        journal: str | os.PathLike[str] | None = None,
     ) -> AsyncIterator[Outcome]:
         """Run a batch and yield each item's :class:`Outcome` as it ends.
 
@@ -268,6 +271,9 @@ class WanClient:
             deadline: clock seconds from now for the whole batch.
             fail_fast: stop the batch at the first failed item. Without it, one failure
                 never stops the others (a rejected API key always stops the batch).
+            journal: a file to record the batch in, one fsynced JSON line per event; running
+                the same batch with the same journal resumes it without resubmitting
+                anything (see :mod:`wan_async._journal`).
 
         Every item yields exactly one outcome; items cut short by the deadline or a stop end
         with :class:`DeadlineExceeded` or :class:`BatchAborted`. Leaving the loop early stops
@@ -275,6 +281,7 @@ class WanClient:
         """
         task_group = self._running()
         items = _checked_requests(requests)
+        opened = await Journal.open(journal, items) if journal is not None else None
         window = None
         if max_in_flight is None:
             poller = self._poller
@@ -286,7 +293,9 @@ class WanClient:
         batch = Batch(
             items,
             submit=self.submit,
+            attach=self.attach,
             clock=self.clock,
+            journal=opened,
             window=window,
             max_in_flight=max_in_flight or self.max_in_flight,
             item_timeout=timeout,
@@ -307,6 +316,7 @@ class WanClient:
         timeout: float | None = None,
         deadline: float | None = None,
         fail_fast: bool = False,
+        journal: str | os.PathLike[str] | None = None,
     ) -> list[VideoResult]: ...
 
     @overload
@@ -319,6 +329,7 @@ class WanClient:
         timeout: float | None = None,
         deadline: float | None = None,
         fail_fast: bool = False,
+        journal: str | os.PathLike[str] | None = None,
     ) -> list[Outcome]: ...
 
     async def generate_many(
@@ -330,12 +341,13 @@ class WanClient:
         timeout: float | None = None,
         deadline: float | None = None,
         fail_fast: bool = False,
+        journal: str | os.PathLike[str] | None = None,
     ) -> list[VideoResult] | list[Outcome]:
         """Run a batch and return its results in input order.
 
         Args:
             return_outcomes: return one :class:`Outcome` per item instead of raising.
-            max_in_flight, timeout, deadline, fail_fast: as for :meth:`as_completed`.
+            max_in_flight, timeout, deadline, fail_fast, journal: as for :meth:`as_completed`.
 
         Raises:
             WanError: without ``return_outcomes``, the first failed item's error (by input
@@ -350,6 +362,7 @@ class WanClient:
             timeout=timeout,
             deadline=deadline,
             fail_fast=fail_fast,
+            journal=journal,
         ):
             outcomes[outcome.index] = outcome
         complete = [

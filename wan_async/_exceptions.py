@@ -9,6 +9,7 @@ Every error the library raises derives from :class:`WanError`::
     ├── TaskFailed                             the task ended in FAILURE upstream
     ├── DeadlineExceeded (also TimeoutError)   a wait or a batch ran out of time
     ├── BatchAborted                           a batch item was not run to its end
+    ├── JournalError                           a batch journal cannot be used
     ├── SubmitOutcomeUnknown                   a submit was sent, its answer was lost
     ├── TransportError                         no HTTP answer at all
     │   ├── WanConnectionError                 connection refused, reset or dropped
@@ -132,6 +133,10 @@ class BatchAborted(WanError):
         super().__init__(message)
 
 
+class JournalError(WanError):
+    """A batch journal cannot be read or written, or belongs to another batch."""
+
+
 class SubmitOutcomeUnknown(WanError):
     """A submit reached the wire but its answer was lost: a task may exist and be billed.
 
@@ -142,13 +147,17 @@ class SubmitOutcomeUnknown(WanError):
 
     task_may_exist = True
 
-    def __init__(self, *, request: VideoRequest, submitted_at: float, cause: WanError) -> None:
+    def __init__(
+        self, *, request: VideoRequest, submitted_at: float, cause: WanError | None
+    ) -> None:
         self.request = request
         self.submitted_at = submitted_at
+        #: The transport or API error; ``None`` when a previous run died mid-submit.
         self.cause = cause
+        why = cause if cause is not None else "the previous run stopped before the answer came"
         super().__init__(
             f"submit of a {request.model} task (prompt {_short_repr(request.prompt)}) was sent "
-            f"at unix time {submitted_at:.0f} but its answer was lost ({cause}); a task may "
+            f"at unix time {submitted_at:.0f} but its answer was lost ({why}); a task may "
             "exist and be billed. It was not resubmitted: check the gateway's task list, or "
             "resubmit yourself if a duplicate is acceptable"
         )

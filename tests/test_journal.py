@@ -1,0 +1,188 @@
+"""The batch journal: resume after a crash without losing or double-billing a task."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from wan_async import (
+    JournalError,
+    RetryPolicy,
+    SubmitOutcomeUnknown,
+    TaskFailed,
+    VideoRequest,
+)
+from wan_async._journal import fingerprint
+from wan_async.testing import FakeGateway, Fault, ScaledClock
+
+from ._batch_worker import batch
+from .conftest import fixed_processing, make_client
+
+pytestmark = pytest.mark.anyio
+
+
+def lines(path: Path) -> list[dict[str, object]]:
+    """The journal's complete lines, decoded."""
+    return [json.loads(t) for t in path.read_text().splitlines() if t.endswith("}")]
+
+
+async def test_journal_records_every_step(gateway: FakeGateway, tmp_path: Path) -> None:
+    """Header, submitting, submitted and finished lines, with no API key anywhere."""
+    journal = tmp_path / "batch.jsonl"
+    requests = [*batch(3), VideoRequest(prompt="[fail] moderated", model="wan2.6-t2v")]
+    async with make_client(gateway) as client:
+        outcomes = await client.generate_many(requests, return_outcomes=True, journal=journal)
+    assert [o.ok for o in outcomes] == [True, True, True, False]
+    events = lines(journal)
+    assert events[0]["event"] == "batch"
+    assert events[0]["fingerprints"] == [fingerprint(r) for r in requests]
+    for i in range(4):
+        mine = [e["event"] for e in events if e.get("i") == i]
+        assert mine == ["submitting", "submitted", "finished"]
+    failed = next(e for e in events if e.get("i") == 3 and e["event"] == "finished")
+    assert failed["status"] == "FAILURE"
+    assert failed["code"] == "DataInspectionFailed"
+    assert gateway.api_key not in journal.read_text()
+
+
+async def test_rerun_of_a_finished_batch_sends_nothing(
+    gateway: FakeGateway, tmp_path: Path
+) -> None:
+    """Finished items come back from the journal, without a single request."""
+    journal = tmp_path / "batch.jsonl"
+    requests = [*batch(2), VideoRequest(prompt="[fail] moderated", model="wan2.6-t2v")]
+    async with make_client(gateway) as client:
+        first = await client.generate_many(requests, return_outcomes=True, journal=journal)
+    before = sum(gateway.stats.requests.values())
+    async with make_client(gateway) as client:
+        again = await client.generate_many(requests, return_outcomes=True, journal=journal)
+    assert sum(gateway.stats.requests.values()) == before
+    assert [o.task_id for o in again] == [o.task_id for o in first]
+    assert again[0].unwrap().video_url == first[0].unwrap().video_url
+    assert isinstance(again[2].error, TaskFailed)
+
+
+async def test_unknown_submit_is_reported_not_resubmitted(
+    gateway: FakeGateway, tmp_path: Path
+) -> None:
+    """A submit whose answer was lost stays 'unknown' across runs: never a second task."""
+    journal = tmp_path / "batch.jsonl"
+    requests = batch(3)
+    gateway.inject(Fault.DROP_AFTER_CREATE, on="submit")
+    async with make_client(gateway) as client:
+        first = await client.generate_many(requests, return_outcomes=True, journal=journal)
+    unknown = [o for o in first if isinstance(o.error, SubmitOutcomeUnknown)]
+    assert len(unknown) == 1
+    async with make_client(gateway) as client:
+        again = await client.generate_many(requests, return_outcomes=True, journal=journal)
+    assert isinstance(again[unknown[0].index].error, SubmitOutcomeUnknown)
+    assert max(gateway.stats.tasks_per_prompt.values()) == 1
+
+
+async def test_journal_of_another_batch_is_refused(gateway: FakeGateway, tmp_path: Path) -> None:
+    """Fingerprints that do not match the batch: a clear error before anything is sent."""
+    journal = tmp_path / "batch.jsonl"
+    async with make_client(gateway) as client:
+        await client.generate_many(batch(2), journal=journal)
+        sent = sum(gateway.stats.requests.values())
+        other = [VideoRequest(prompt="something else", model="wan2.6-t2v"), *batch(2)[1:]]
+        with pytest.raises(JournalError, match="another batch"):
+            await client.generate_many(other, journal=journal)
+    assert sum(gateway.stats.requests.values()) == sent
+
+
+async def test_unwritable_journal_fails_before_any_submit(
+    gateway: FakeGateway, tmp_path: Path
+) -> None:
+    """A journal path that cannot be written stops the batch before it starts."""
+    async with make_client(gateway) as client:
+        with pytest.raises(JournalError, match="nothing was submitted"):
+            await client.generate_many(batch(2), journal=tmp_path / "missing" / "j.jsonl")
+        with pytest.raises(JournalError, match="not a wan_async journal"):
+            bad = tmp_path / "notes.txt"
+            bad.write_text("shopping list\n")
+            await client.generate_many(batch(2), journal=bad)
+    assert gateway.stats.tasks_created == 0
+
+
+async def test_truncated_last_line_is_tolerated(gateway: FakeGateway, tmp_path: Path) -> None:
+    """A crash mid-write leaves half a line: it is dropped and the batch resumes."""
+    journal = tmp_path / "batch.jsonl"
+    requests = batch(2)
+    header = {"event": "batch", "version": 1, "fingerprints": [fingerprint(r) for r in requests]}
+    journal.write_text(json.dumps(header) + '\n{"event": "submitting", "i": 0, "fp"')
+    async with make_client(gateway) as client:
+        outcomes = await client.generate_many(requests, return_outcomes=True, journal=journal)
+    assert all(o.ok for o in outcomes)
+    assert all(e for e in lines(journal))  # every line whole again
+
+
+async def test_crash_mid_submit_reads_as_unknown(gateway: FakeGateway, tmp_path: Path) -> None:
+    """'submitting' with no task id: the previous run died mid-submit, so no resubmit."""
+    journal = tmp_path / "batch.jsonl"
+    requests = batch(2)
+    header = {"event": "batch", "version": 1, "fingerprints": [fingerprint(r) for r in requests]}
+    intent = {"event": "submitting", "i": 1, "fp": fingerprint(requests[1]), "at": 1.0}
+    journal.write_text(json.dumps(header) + "\n" + json.dumps(intent) + "\n")
+    async with make_client(gateway) as client:
+        outcomes = await client.generate_many(requests, return_outcomes=True, journal=journal)
+    assert outcomes[0].ok
+    assert isinstance(outcomes[1].error, SubmitOutcomeUnknown)
+    assert outcomes[1].error.cause is None
+    assert gateway.stats.tasks_per_prompt[requests[1].prompt] == 0
+
+
+async def test_kill_9_mid_batch_then_resume(tmp_path: Path) -> None:
+    """A batch killed with SIGKILL resumes from its journal: no duplicate, nothing lost."""
+    journal = tmp_path / "batch.jsonl"
+    n = 24
+    clock = ScaledClock(100)
+    async with FakeGateway(clock=clock, slots=6, processing_time=fixed_processing(90.0)) as gw:
+        worker = subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("_batch_worker.py")),
+                gw.base_url,
+                str(clock.scale),
+                repr(clock.epoch),
+                repr(clock.origin),
+                str(journal),
+                str(n),
+            ],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while True:  # kill once some items finished and others are still running
+                events = lines(journal) if journal.exists() else []
+                done = sum(e["event"] == "finished" for e in events)
+                if done >= 4:
+                    break
+                assert time.monotonic() < deadline, "the worker made no progress"
+                await anyio.sleep(0.02)
+        finally:
+            worker.kill()
+            worker.wait()
+        created_before = gw.stats.tasks_created
+        assert 4 <= created_before < n
+        async with make_client(gw, retry=RetryPolicy.no_wait()) as client:
+            outcomes = await client.generate_many(batch(n), return_outcomes=True, journal=journal)
+    assert [o.index for o in outcomes] == list(range(n))
+    duplicates = {p: c for p, c in gw.stats.tasks_per_prompt.items() if c > 1}
+    assert duplicates == {}
+    ok = [o for o in outcomes if o.ok]
+    unknown = [o for o in outcomes if isinstance(o.error, SubmitOutcomeUnknown)]
+    assert len(ok) + len(unknown) == n
+    # An item reported unknown was mid-submit at the kill: at most one task exists for it.
+    for o in unknown:
+        assert gw.stats.tasks_per_prompt[o.request.prompt] <= 1
+    assert gw.stats.tasks_created == n - sum(
+        gw.stats.tasks_per_prompt[o.request.prompt] == 0 for o in unknown
+    )

@@ -1,0 +1,245 @@
+"""A batch journal: one JSON line per event, flushed and fsynced before the batch moves on.
+
+Running the same batch again with the same journal resumes it (after a crash, ``kill -9``
+included): finished items come back from the journal without a request, submitted ones are
+re-attached by task id, and only items never submitted are submitted. An item whose submit
+was under way when the previous run died, or whose submit outcome was unknown, is reported as
+:class:`~wan_async.SubmitOutcomeUnknown` and never resubmitted: its task may exist.
+
+Lines (``"i"`` is the item's index in the batch, ``"fp"`` its request's fingerprint)::
+
+    {"event": "batch", "version": 1, "fingerprints": ["…", …]}
+    {"event": "submitting", "i": 3, "fp": "…", "at": 1765328779.1}
+    {"event": "submitted", "i": 3, "task_id": "task_…"}
+    {"event": "unknown", "i": 4, "at": 1765328779.2, "error": "…"}
+    {"event": "finished", "i": 3, "task_id": "task_…", "status": "SUCCESS", "video_url": "…"}
+    {"event": "finished", "i": 5, "task_id": "task_…", "status": "FAILURE", "code": "…", …}
+
+The API key is never written. A last line cut off by a crash is dropped when the journal is
+opened again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+import anyio.to_thread
+import attrs
+
+from ._exceptions import JournalError, TaskFailed, TaskNotFound
+from ._models import VideoRequest, VideoResult
+from ._serde import request_to_wire
+
+JOURNAL_VERSION = 1
+
+
+def fingerprint(request: VideoRequest) -> str:
+    """A stable digest of what a request sends: same body, same fingerprint."""
+    body = json.dumps(request_to_wire(request), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(body.encode()).hexdigest()[:32]
+
+
+@attrs.define(kw_only=True)
+class ItemState:
+    """What the journal knows of one item."""
+
+    fingerprint: str
+    #: When a submit was started (``None`` if never).
+    submitting_at: float | None = None
+    task_id: str | None = None
+    #: The submit's outcome is unknown: never resubmit.
+    unknown: bool = False
+    #: The item's final line, once it ended for good.
+    final: dict[str, Any] | None = None
+
+    @property
+    def outcome_unknown(self) -> bool:
+        """A submit was started and no task id was recorded: the task may exist."""
+        return self.unknown or (self.submitting_at is not None and self.task_id is None)
+
+
+class Journal:
+    """An open journal for one batch. Create it with :meth:`open`."""
+
+    def __init__(self, path: Path, file: IO[str], states: list[ItemState]) -> None:
+        self.path = path
+        self._file = file
+        self._states = states
+        self._lock = anyio.Lock()
+
+    @classmethod
+    async def open(cls, path: str | os.PathLike[str], requests: Sequence[VideoRequest]) -> Journal:
+        """Open (or create) the journal of a batch of ``requests``.
+
+        Raises:
+            JournalError: the journal cannot be read or written, is not a journal, or belongs
+                to another batch (its fingerprints differ from these requests').
+        """
+        fingerprints = [fingerprint(r) for r in requests]
+        return await anyio.to_thread.run_sync(cls._open_sync, Path(path), fingerprints)
+
+    @classmethod
+    def _open_sync(cls, path: Path, fingerprints: list[str]) -> Journal:
+        states = [ItemState(fingerprint=fp) for fp in fingerprints]
+        try:
+            existing = path.read_bytes() if path.exists() else b""
+        except OSError as exc:
+            msg = f"cannot read the journal {str(path)!r}: {exc.strerror or exc}"
+            raise JournalError(msg) from None
+        # A crash mid-write leaves a last line without its newline: drop it.
+        complete, _, _ = existing.rpartition(b"\n")
+        lines = complete.decode("utf-8", "replace").splitlines() if complete else []
+        if lines:
+            _replay(path, lines, fingerprints, states)
+        try:
+            if len(complete) + (1 if complete else 0) != len(existing):
+                with path.open("r+b") as raw:
+                    raw.truncate(len(complete) + (1 if complete else 0))
+            file = path.open("a", encoding="utf-8")
+        except OSError as exc:
+            msg = (
+                f"cannot write the journal {str(path)!r}: {exc.strerror or exc}; "
+                "nothing was submitted"
+            )
+            raise JournalError(msg) from None
+        journal = cls(path, file, states)
+        if not lines:
+            journal._write_sync(
+                {"event": "batch", "version": JOURNAL_VERSION, "fingerprints": fingerprints}
+            )
+        return journal
+
+    def state(self, index: int) -> ItemState:
+        """What the journal knows of item ``index``."""
+        return self._states[index]
+
+    def outcome(self, index: int) -> tuple[VideoResult | None, BaseException | None]:
+        """The result or error a finished item ended with, rebuilt from its final line."""
+        final = self._states[index].final
+        assert final is not None
+        task_id = str(final.get("task_id"))
+        status = final.get("status")
+        if status == "SUCCESS":
+            return VideoResult(
+                task_id=task_id,
+                video_url=str(final.get("video_url")),
+                orig_prompt=final.get("orig_prompt"),
+                actual_prompt=final.get("actual_prompt"),
+            ), None
+        if status == "NOT_FOUND":
+            error: BaseException = TaskNotFound(
+                method="GET",
+                path=f"/v1/video/generations/{task_id}",
+                status=400,
+                code="task_not_exist",
+                message=final.get("message"),
+            )
+            return None, error
+        failed = TaskFailed(task_id=task_id, code=final.get("code"), message=final.get("message"))
+        return None, failed
+
+    async def submitting(self, index: int, at: float) -> None:
+        """Record, before the request is sent, that item ``index`` is being submitted."""
+        self._states[index].submitting_at = at
+        await self._write(
+            {"event": "submitting", "i": index, "fp": self._states[index].fingerprint, "at": at}
+        )
+
+    async def submitted(self, index: int, task_id: str) -> None:
+        """Record the task id of item ``index`` as soon as the submit returned it."""
+        self._states[index].task_id = task_id
+        await self._write({"event": "submitted", "i": index, "task_id": task_id})
+
+    async def unknown(self, index: int, at: float, error: BaseException) -> None:
+        """Record that item ``index``'s submit outcome is unknown."""
+        self._states[index].unknown = True
+        await self._write({"event": "unknown", "i": index, "at": at, "error": str(error)})
+
+    async def finished(
+        self, index: int, task_id: str, result: VideoResult | None, error: BaseException | None
+    ) -> None:
+        """Record that item ``index`` ended for good (success, failure, unknown task id)."""
+        line: dict[str, Any] = {"event": "finished", "i": index, "task_id": task_id}
+        if result is not None:
+            line |= {
+                "status": "SUCCESS",
+                "video_url": result.video_url,
+                "orig_prompt": result.orig_prompt,
+                "actual_prompt": result.actual_prompt,
+            }
+        elif isinstance(error, TaskFailed):
+            line |= {"status": "FAILURE", "code": error.code, "message": error.message}
+        elif isinstance(error, TaskNotFound):
+            line |= {"status": "NOT_FOUND", "message": error.message}
+        else:
+            return
+        self._states[index].final = line
+        await self._write(line)
+
+    async def aclose(self) -> None:
+        """Close the file (every line is already on disk)."""
+        async with self._lock:
+            await anyio.to_thread.run_sync(self._file.close)
+
+    async def _write(self, line: dict[str, Any]) -> None:
+        # One writer at a time keeps lines whole and in order; the thread keeps fsync off
+        # the event loop.
+        async with self._lock:
+            await anyio.to_thread.run_sync(self._write_sync, line)
+
+    def _write_sync(self, line: dict[str, Any]) -> None:
+        try:
+            self._file.write(json.dumps(line, ensure_ascii=False) + "\n")
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            msg = f"cannot write the journal {str(self.path)!r}: {exc.strerror or exc}"
+            raise JournalError(msg) from None
+
+
+def _replay(path: Path, lines: list[str], fingerprints: list[str], states: list[ItemState]) -> None:
+    """Rebuild item states from a journal's lines, refusing one of another batch."""
+    where = repr(str(path))
+    try:
+        header = json.loads(lines[0])
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or header.get("event") != "batch":
+        msg = f"{where} is not a wan_async journal (its first line is not a batch header)"
+        raise JournalError(msg)
+    if header.get("fingerprints") != fingerprints:
+        old = header.get("fingerprints") or []
+        diff = next(
+            (i for i, (a, b) in enumerate(zip(old, fingerprints, strict=False)) if a != b),
+            min(len(old), len(fingerprints)),
+        )
+        msg = (
+            f"the journal {where} belongs to another batch: it has {len(old)} items, this batch "
+            f"{len(fingerprints)}, and they first differ at item {diff}; use a new journal "
+            "path, or run the batch the journal was written for"
+        )
+        raise JournalError(msg)
+    for number, text in enumerate(lines[1:], start=2):
+        try:
+            line = json.loads(text)
+            state = states[int(line["i"])]
+            event = line["event"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            msg = f"the journal {where} is damaged at line {number}; it cannot be resumed"
+            raise JournalError(msg) from None
+        if event == "submitting":
+            state.submitting_at = float(line.get("at") or 0.0)
+        elif event == "submitted":
+            state.task_id = str(line["task_id"])
+        elif event == "unknown":
+            state.unknown = True
+            state.submitting_at = float(line.get("at") or state.submitting_at or 0.0)
+        elif event == "finished":
+            state.task_id = str(line.get("task_id") or state.task_id)
+            state.final = line
