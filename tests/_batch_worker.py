@@ -27,4 +27,5 @@ async def main(base_url: str, scale: str, epoch: str, origin: str, journal: str,
 
 
 if __name__ == "__main__":
-    anyio.run(main, *sys.argv[1:])
+    base_url, scale, epoch, origin, journal, n = sys.argv[1:]
+    anyio.run(main, base_url, scale, epoch, origin, journal, n)

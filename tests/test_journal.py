@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -105,9 +104,9 @@ async def test_unwritable_journal_fails_before_any_submit(
     async with make_client(gateway) as client:
         with pytest.raises(JournalError, match="nothing was submitted"):
             await client.generate_many(batch(2), journal=tmp_path / "missing" / "j.jsonl")
+        bad = tmp_path / "notes.txt"
+        bad.write_text("shopping list\n")
         with pytest.raises(JournalError, match="not a wan_async journal"):
-            bad = tmp_path / "notes.txt"
-            bad.write_text("shopping list\n")
             await client.generate_many(batch(2), journal=bad)
     assert gateway.stats.tasks_created == 0
 
@@ -145,7 +144,7 @@ async def test_kill_9_mid_batch_then_resume(tmp_path: Path) -> None:
     n = 24
     clock = ScaledClock(100)
     async with FakeGateway(clock=clock, slots=6, processing_time=fixed_processing(90.0)) as gw:
-        worker = subprocess.Popen(
+        worker = await anyio.open_process(
             [
                 sys.executable,
                 str(Path(__file__).with_name("_batch_worker.py")),
@@ -157,6 +156,8 @@ async def test_kill_9_mid_batch_then_resume(tmp_path: Path) -> None:
                 str(n),
             ],
             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+            stdout=None,
+            stderr=None,
         )
         try:
             deadline = time.monotonic() + 60
@@ -168,8 +169,8 @@ async def test_kill_9_mid_batch_then_resume(tmp_path: Path) -> None:
                 assert time.monotonic() < deadline, "the worker made no progress"
                 await anyio.sleep(0.02)
         finally:
-            worker.kill()
-            worker.wait()
+            worker.kill()  # SIGKILL: no cleanup of any kind in the worker
+            await worker.wait()
         created_before = gw.stats.tasks_created
         assert 4 <= created_before < n
         async with make_client(gw, retry=RetryPolicy.no_wait()) as client:
