@@ -7,8 +7,10 @@ batch cleanly (its scope is cancelled) without cancel scopes crossing generator 
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Protocol
 
 import anyio
 import attrs
@@ -57,7 +59,14 @@ class Outcome:
         return self.result
 
 
-Submit = Callable[[VideoRequest], Awaitable[TaskHandle]]
+class Submit(Protocol):
+    """How a batch submits: the client's submit, with a last check before sending."""
+
+    def __call__(
+        self, request: VideoRequest, *, before_send: Callable[[], None] | None = ...
+    ) -> Awaitable[TaskHandle]: ...
+
+
 Attach = Callable[[str], TaskHandle]
 
 
@@ -169,9 +178,20 @@ class Batch:
         why = f"the batch stopped after {type(cause).__name__}" if cause else "the batch stopped"
         return BatchAborted(f"{why}; {where}", task_id=task_id, cause=cause)
 
+    def _check_running(self) -> None:
+        if self._stop_cause is not None:
+            raise BatchAborted(
+                f"the batch stopped after {type(self._stop_cause).__name__}; "
+                "it was never submitted",
+                task_id=None,
+                cause=self._stop_cause,
+            )
+
     def _report(self, outcome: Outcome) -> None:
         self._reported.add(outcome.index)
-        self._send.send_nowait(outcome)
+        # The reader may have left (and closed its end): then nobody wants the outcome.
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+            self._send.send_nowait(outcome)
 
     async def _item(self, index: int, request: VideoRequest) -> None:
         try:
@@ -242,7 +262,7 @@ class Batch:
                 # On disk before the request leaves: a crash after it reads as "unknown".
                 await journal.submitting(index, self._clock.time())
             try:
-                handle = await self._submit(request)
+                handle = await self._submit(request, before_send=self._check_running)
             except SubmitOutcomeUnknown as exc:
                 if journal is not None:
                     await journal.unknown(index, exc.submitted_at, exc)

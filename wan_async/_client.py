@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import random
@@ -203,8 +204,16 @@ class WanClient:
             SubmitOutcomeUnknown: the answer was lost; a task may exist (never resubmitted).
             WanError: the gateway refused the task (nothing was created).
         """
+        return await self._submit(request)
+
+    async def _submit(
+        self, request: VideoRequest, *, before_send: Callable[[], None] | None = None
+    ) -> TaskHandle:
         self._running()
         async with self._submit_slots:
+            if before_send is not None:
+                # Checked once the slot is ours: a batch stopped meanwhile sends nothing.
+                before_send()
             created = await self.create_task(request)
         handle = TaskHandle(created.task_id, request=request, clock=self.clock)
         key = duration_key(request.model, request.size, request.duration)
@@ -292,7 +301,7 @@ class WanClient:
             )
         batch = Batch(
             items,
-            submit=self.submit,
+            submit=self._submit,
             attach=self.attach,
             clock=self.clock,
             journal=opened,
@@ -303,8 +312,10 @@ class WanClient:
             fail_fast=fail_fast,
         )
         task_group.start_soon(batch.run)
-        async for outcome in batch.outcomes():
-            yield outcome
+        # Closed explicitly, not left to the garbage collector, when the caller leaves early.
+        async with contextlib.aclosing(batch.outcomes()) as outcomes:
+            async for outcome in outcomes:
+                yield outcome
 
     @overload
     async def generate_many(

@@ -1,0 +1,171 @@
+"""Batches: input order, per-item outcomes, back-pressure, deadlines and early stops."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from wan_async import (
+    AuthenticationError,
+    BatchAborted,
+    DeadlineExceeded,
+    Outcome,
+    TaskFailed,
+    VideoRequest,
+    WanClient,
+)
+from wan_async.testing import FakeGateway, ScaledClock
+
+from .conftest import fixed_processing, make_client
+
+pytestmark = pytest.mark.anyio
+
+
+def items(n: int, *, fail: set[int] = frozenset()) -> list[VideoRequest]:  # type: ignore[assignment]
+    """``n`` distinct requests; those in ``fail`` are refused by the simulated moderation."""
+    return [
+        VideoRequest(prompt=f"{'[fail] ' if i in fail else ''}batch item {i}", model="wan2.6-t2v")
+        for i in range(n)
+    ]
+
+
+async def test_results_come_in_input_order(client: WanClient) -> None:
+    """generate_many returns one result per request, in the order given."""
+    requests = items(10)
+    results = await client.generate_many(requests)
+    assert len(results) == 10
+    assert len({r.task_id for r in results}) == 10
+
+
+async def test_outcomes_instead_of_the_first_exception(
+    gateway: FakeGateway, client: WanClient
+) -> None:
+    """return_outcomes=True keeps the successes; one failure does not stop the others."""
+    outcomes = await client.generate_many(items(8, fail={2, 5}), return_outcomes=True)
+    assert [o.index for o in outcomes] == list(range(8))
+    assert [o.ok for o in outcomes] == [i not in {2, 5} for i in range(8)]
+    assert isinstance(outcomes[2].error, TaskFailed)
+    assert outcomes[2].task_id is not None
+    assert gateway.stats.tasks_created == 8
+
+
+async def test_without_outcomes_the_first_failure_is_raised_after_all_end(
+    gateway: FakeGateway, client: WanClient
+) -> None:
+    """The error of the first failed item (by input order) is raised once every item ended."""
+    with pytest.raises(TaskFailed) as info:
+        await client.generate_many(items(6, fail={4, 1}))
+    assert "batch item 1" in (gateway.task(info.value.task_id).prompt)
+    assert all(t.status in ("SUCCESS", "FAILURE") for t in gateway.tasks())
+
+
+async def test_as_completed_yields_each_outcome_once(client: WanClient) -> None:
+    """as_completed yields every item exactly once, as it ends."""
+    seen: list[Outcome] = [o async for o in client.as_completed(items(12, fail={0}))]
+    assert sorted(o.index for o in seen) == list(range(12))
+    assert sum(not o.ok for o in seen) == 1
+
+
+async def test_in_flight_limit_gives_back_pressure(gateway: FakeGateway) -> None:
+    """With max_in_flight=3 never more than 3 tasks are outstanding at once."""
+    peak = 0
+    async with make_client(gateway) as client:
+
+        def watch(handle: object, snap: object) -> None:
+            nonlocal peak
+            peak = max(peak, client.stats.poller.outstanding)
+
+        client.add_status_listener(watch)
+        await client.generate_many(items(12), max_in_flight=3)
+    assert peak <= 3
+    # From the gateway's side too: a task is only created once an earlier one was seen done.
+    tasks = gateway.tasks()
+    for i, task in enumerate(tasks[3:], start=3):
+        seen_done = [
+            t for t in tasks[:i] if t.first_terminal_get and t.first_terminal_get <= task.created_at
+        ]
+        assert len(seen_done) >= i - 2
+
+
+async def test_adaptive_window_tracks_upstream_capacity() -> None:
+    """Without max_in_flight, a batch keeps only a little more than upstream's slots busy."""
+    async with FakeGateway(
+        clock=ScaledClock(300), slots=3, processing_time=fixed_processing(90.0)
+    ) as gw:
+        async with make_client(gw) as client:
+            peak = 0
+
+            def watch(handle: object, snap: object) -> None:
+                nonlocal peak
+                peak = max(peak, client.stats.poller.outstanding)
+
+            client.add_status_listener(watch)
+            outcomes = await client.generate_many(items(30), return_outcomes=True)
+    assert all(o.ok for o in outcomes)
+    assert peak <= 8 + 2  # the initial window, never the whole batch
+    assert gw.peak_running == 3
+
+
+async def test_item_timeout(client: WanClient) -> None:
+    """A per-item timeout ends the item with DeadlineExceeded; the task id is kept."""
+    outcomes = await client.generate_many(items(2), timeout=10, return_outcomes=True)
+    for o in outcomes:
+        assert isinstance(o.error, DeadlineExceeded)
+        assert isinstance(o.error, TimeoutError)
+        assert o.task_id is not None
+        assert o.error.task_id == o.task_id
+
+
+async def test_batch_deadline(gateway: FakeGateway, client: WanClient) -> None:
+    """The batch deadline ends unfinished items, submitted or not, each with one outcome."""
+    outcomes = await client.generate_many(
+        items(20), deadline=60, max_in_flight=4, return_outcomes=True
+    )
+    assert [o.index for o in outcomes] == list(range(20))
+    assert all(isinstance(o.error, DeadlineExceeded) for o in outcomes)
+    submitted = [o for o in outcomes if o.task_id is not None]
+    assert len(submitted) == gateway.stats.tasks_created == 4
+
+
+async def test_fail_fast_stops_the_rest(gateway: FakeGateway, client: WanClient) -> None:
+    """fail_fast: the first failure stops the batch; the rest are BatchAborted."""
+    outcomes = await client.generate_many(
+        items(10, fail={0}), fail_fast=True, max_in_flight=2, return_outcomes=True
+    )
+    assert isinstance(outcomes[0].error, TaskFailed)
+    aborted = [o for o in outcomes if isinstance(o.error, BatchAborted)]
+    assert aborted
+    assert all(isinstance(o.error.cause, TaskFailed) for o in aborted if o.error)
+    assert gateway.stats.tasks_created < 10
+
+
+async def test_wrong_key_stops_the_batch_at_the_first_401(gateway: FakeGateway) -> None:
+    """A rejected key is not 50 failed items: the batch stops after the first 401."""
+    async with make_client(gateway, api_key="sk-wrong", max_concurrent_submits=1) as client:
+        outcomes = await client.generate_many(items(50), return_outcomes=True)
+    assert isinstance(outcomes[0].error, AuthenticationError)
+    assert all(isinstance(o.error, BatchAborted) for o in outcomes[1:])
+    assert gateway.stats.outcomes("submit")["401"] == 1
+
+
+async def test_leaving_as_completed_early_stops_the_batch(
+    gateway: FakeGateway, client: WanClient
+) -> None:
+    """Breaking out of the loop stops submitting; the client stays usable."""
+    async for _ in client.as_completed(items(20), max_in_flight=2):
+        break
+    await anyio.sleep(0.05)
+    created = gateway.stats.tasks_created
+    assert created < 20
+    assert (await client.generate(items(1)[0])).task_id
+
+
+async def test_cancelling_the_caller_stops_the_batch(
+    gateway: FakeGateway, client: WanClient
+) -> None:
+    """A cancelled generate_many leaves no batch running behind it."""
+    with anyio.move_on_after(0.05):
+        await client.generate_many(items(30), max_in_flight=2)
+    created = gateway.stats.tasks_created
+    await anyio.sleep(0.1)
+    assert gateway.stats.tasks_created == created
