@@ -89,18 +89,18 @@ async def test_in_flight_limit_gives_back_pressure(gateway: FakeGateway) -> None
 
 async def test_adaptive_window_tracks_upstream_capacity() -> None:
     """Without max_in_flight, a batch keeps only a little more than upstream's slots busy."""
-    async with FakeGateway(
-        clock=ScaledClock(300), slots=3, processing_time=fixed_processing(90.0)
-    ) as gw:
-        async with make_client(gw) as client:
-            peak = 0
+    async with (
+        FakeGateway(clock=ScaledClock(300), slots=3, processing_time=fixed_processing(90.0)) as gw,
+        make_client(gw) as client,
+    ):
+        peak = 0
 
-            def watch(handle: object, snap: object) -> None:
-                nonlocal peak
-                peak = max(peak, client.stats.poller.outstanding)
+        def watch(handle: object, snap: object) -> None:
+            nonlocal peak
+            peak = max(peak, client.stats.poller.outstanding)
 
-            client.add_status_listener(watch)
-            outcomes = await client.generate_many(items(30), return_outcomes=True)
+        client.add_status_listener(watch)
+        outcomes = await client.generate_many(items(30), return_outcomes=True)
     assert all(o.ok for o in outcomes)
     assert peak <= 8 + 2  # the initial window, never the whole batch
     assert gw.peak_running == 3
@@ -135,7 +135,9 @@ async def test_fail_fast_stops_the_rest(gateway: FakeGateway, client: WanClient)
     assert isinstance(outcomes[0].error, TaskFailed)
     aborted = [o for o in outcomes if isinstance(o.error, BatchAborted)]
     assert aborted
-    assert all(isinstance(o.error.cause, TaskFailed) for o in aborted if o.error)
+    assert all(
+        isinstance(o.error, BatchAborted) and isinstance(o.error.cause, TaskFailed) for o in aborted
+    )
     assert gateway.stats.tasks_created < 10
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from typing import Protocol
 
 import anyio
@@ -156,7 +156,7 @@ class Batch:
                         Outcome(index=index, request=request, task_id=task_id, error=error)
                     )
 
-    async def outcomes(self) -> AsyncIterator[Outcome]:
+    async def outcomes(self) -> AsyncGenerator[Outcome, None]:
         """Yield each item's outcome as it ends; stops the batch if the reader leaves early."""
         try:
             async with self._receive:
