@@ -112,6 +112,10 @@ class TaskSnapshot:
     #: Upstream's own task status (``PENDING``, ``RUNNING``, ...), if the gateway relayed it.
     upstream_status: str | None = None
     upstream_request_id: str | None = None
+    #: When upstream itself started and ended the work (``output.scheduled_time`` and
+    #: ``output.end_time``, to the millisecond), if the gateway relayed them.
+    upstream_start: datetime | None = None
+    upstream_end: datetime | None = None
 
     @property
     def is_terminal(self) -> bool:

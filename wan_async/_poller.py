@@ -300,8 +300,8 @@ class Poller:
         if snapshot.status is TaskStatus.QUEUED and not self._queue_seen:
             self._queue_seen = True
             self._notify()
-        if snapshot.start_time is not None and watch.started_at is None:
-            watch.started_at = snapshot.start_time.timestamp()
+        if watch.started_at is None and (snapshot.upstream_start or snapshot.start_time):
+            watch.started_at = _earliest_start(snapshot, self._refresh.period)
             self._running += 1
             if self._running > self._peak_running:
                 self._peak_running = self._running
@@ -350,15 +350,23 @@ class Poller:
             started_at=watch.started_at,
             seen_at=watch.seen_at,
             phase=self._phase,
-            shortest=self._durations.shortest(watch.key, self._refresh.period),
+            shortest=self._durations.shortest(watch.key),
             period=self._refresh.period,
             margin=self._policy.margin,
         )
 
     def _learn_duration(self, watch: Watch, snapshot: TaskSnapshot) -> None:
-        if snapshot.status is TaskStatus.SUCCESS and snapshot.start_time and snapshot.finish_time:
-            took = snapshot.finish_time.timestamp() - snapshot.start_time.timestamp()
-            self._durations.observe(watch.key, took)
+        if snapshot.status is not TaskStatus.SUCCESS:
+            return  # failures end early: they say nothing about how long work takes
+        if snapshot.upstream_start and snapshot.upstream_end:
+            took = (snapshot.upstream_end - snapshot.upstream_start).total_seconds()
+        elif snapshot.start_time and snapshot.finish_time:
+            # Refresh stamps, each up to a period late: count the span a half period short.
+            span = (snapshot.finish_time - snapshot.start_time).total_seconds()
+            took = span - self._refresh.period / 2
+        else:
+            return
+        self._durations.observe(watch.key, took)
 
     def _observe_skew(self, sample: float) -> None:
         # An updated_at later than our own clock proves our clock is behind the gateway's;
@@ -374,6 +382,15 @@ class Poller:
             self._running -= 1
         watch.handle._resolve(result, error)
         self._notify()
+
+
+def _earliest_start(snapshot: TaskSnapshot, period: float) -> float:
+    """The earliest the task can have started: upstream's own time, else a period before the
+    refresh that first saw it running."""
+    if snapshot.upstream_start is not None:
+        return snapshot.upstream_start.timestamp()
+    assert snapshot.start_time is not None
+    return snapshot.start_time.timestamp() - period
 
 
 def _priority(watch: Watch) -> int:

@@ -3,19 +3,19 @@
 The gateway refreshes each unfinished task from upstream once per *refresh period* (15 s by
 default, SPEC §3.2) and stamps ``updated_at``; a GET between two refreshes returns the same data.
 The refresh loop serves all tasks together, so refreshes fall on one grid of times. Every check
-is placed just after a refresh, and only at refreshes where the task may have ended.
+is placed just after a refresh, and only at refreshes where the task may have ended: a task
+cannot end before
 
-Durations are counted in refresh stamps: a task's *span* is ``finish_time - start_time``, both
-stamped by refreshes. A task cannot show a finish stamp before
+* ``start + shortest`` once it has been seen running, where ``start`` is upstream's own start
+  time (``output.scheduled_time``, to the millisecond) or, failing that, a period before the
+  gateway's ``start_time`` stamp;
+* ``q + shortest`` if it was still queued at the refresh ``q``;
+* ``submit + shortest`` before the gateway has refreshed it at all;
 
-* ``start_time + shortest_span`` once it has been seen running;
-* ``q + period + shortest_span`` if it was still queued at the refresh ``q`` (it starts after
-  ``q``, so its start stamp is at least the next refresh);
-* ``submit + shortest_span`` before the gateway has refreshed it at all;
-
-and from then on it is checked once per refresh until it ends. ``shortest_span`` comes from a
-prior per model, size and duration, replaced by the spans this client has seen tasks of the same
-kind take once it has seen a few.
+and from then on it is checked once per refresh until it ends. ``shortest`` is a low quantile
+of how long upstream works on tasks of the same model, size and duration: a prior at first,
+then what this client has seen (per kind, and pooled over kinds as a ratio to their priors, so
+a few finished tasks of any kind already inform the others).
 """
 
 from __future__ import annotations
@@ -79,41 +79,32 @@ class PollPolicy:
 
 
 class DurationModel:
-    """What generation takes, per kind of task: a prior, refined by observed spans.
-
-    Spans are learnt per kind (model, size, duration) and, pooled over all kinds, as a ratio
-    to each kind's prior median: a few finished tasks of any kind already tell how fast this
-    upstream is for the others.
-    """
+    """How long upstream works on a task, per kind: a prior, refined by observed tasks."""
 
     def __init__(self, policy: PollPolicy, *, window: int = 100) -> None:
         self._policy = policy
         self._window = window
-        self._spans: dict[DurationKey, deque[float]] = {}
+        self._seen: dict[DurationKey, deque[float]] = {}
         self._ratios: deque[float] = deque(maxlen=window)
 
-    def observe(self, key: DurationKey | None, span: float) -> None:
-        """Record that a task of this kind showed ``span`` between start and finish stamps."""
-        if span <= 0:
+    def observe(self, key: DurationKey | None, seconds: float) -> None:
+        """Record that upstream worked ``seconds`` on a task of this kind."""
+        if seconds <= 0:
             return
-        self._ratios.append(span / _prior_median(key))
+        self._ratios.append(seconds / _prior_median(key))
         if key is not None:
-            self._spans.setdefault(key, deque(maxlen=self._window)).append(span)
+            self._seen.setdefault(key, deque(maxlen=self._window)).append(seconds)
 
-    def shortest(self, key: DurationKey | None, period: float) -> float:
-        """A span (finish stamp - start stamp) the task is unlikely to undercut."""
-        spans = self._spans.get(key, ()) if key is not None else ()
-        if len(spans) >= _MIN_OBSERVED:
-            # Half a period of slack: a new task may be a little quicker than any seen so far.
-            return max(0.0, _low(spans) - period / 2)
+    def shortest(self, key: DurationKey | None) -> float:
+        """Seconds of work a task of this kind is unlikely to undercut."""
+        seen = self._seen.get(key, ()) if key is not None else ()
+        if len(seen) >= _MIN_OBSERVED:
+            return _low(seen)
         if len(self._ratios) >= _MIN_OBSERVED:
-            return max(0.0, _prior_median(key) * _low(self._ratios) - period)
+            return _prior_median(key) * _low(self._ratios)
         if self._policy.shortest_duration is not None:
-            work = self._policy.shortest_duration
-        else:
-            work = max(_PRIOR_FLOOR, _prior_median(key) * _PRIOR_SPREAD)
-        # Stamps are refresh times: a span can be up to a period shorter than the work.
-        return max(0.0, work - period)
+            return self._policy.shortest_duration
+        return max(_PRIOR_FLOOR, _prior_median(key) * _PRIOR_SPREAD)
 
 
 def _prior_median(key: DurationKey | None) -> float:
@@ -165,10 +156,10 @@ def next_check(
     Args:
         status: the latest status (``NOT_START`` right after submit).
         refreshed_at: the refresh time of the latest answer (its ``updated_at``), if any.
-        started_at: the task's ``start_time``, once it has been seen running.
+        started_at: the earliest the task can have started, once it has been seen running.
         seen_at: when the latest answer (or the submit) came back.
         phase: any refresh time of the gateway's loop, for tasks not yet refreshed.
-        shortest: the shortest span (finish stamp - start stamp) to expect.
+        shortest: the least work to expect.
         period: the refresh period.
         margin: slack after a refresh.
     """
@@ -178,10 +169,10 @@ def next_check(
     elif refreshed_at is None:
         earliest = seen_at + shortest
     elif status in (TaskStatus.IN_PROGRESS, TaskStatus.UNKNOWN):
-        # Running (or unclear) with no start stamp: it started at this refresh or before.
-        earliest = refreshed_at + shortest - period
+        # Running (or unclear) with no start time: it started within the last period.
+        earliest = refreshed_at - period + shortest
     else:
-        earliest = refreshed_at + period + shortest
+        earliest = refreshed_at + shortest
     target = max(earliest, seen_at)
     grid = refreshed_at if refreshed_at is not None else phase
     if grid is None:

@@ -36,6 +36,9 @@ _Obj = Optional[dict[str, Any]]  # noqa: UP045 - a runtime type for cattrs dispa
 class _WireOutput:
     task_id: str | None = None
     task_status: str | None = None
+    submit_time: str | None = None
+    scheduled_time: str | None = None
+    end_time: str | None = None
     video_url: str | None = None
     orig_prompt: str | None = None
     actual_prompt: str | None = None
@@ -166,6 +169,43 @@ def _failure(task: _WireTask, output: _WireOutput) -> tuple[str | None, str | No
     return code, message
 
 
+#: Upstream (DashScope) stamps its own times in Beijing time, without a zone.
+_UPSTREAM_DEFAULT_OFFSET = 8 * 3600.0
+_UPSTREAM_FORMATS = ("%Y-%m-%d %H:%M:%S.%f", "%Y-%m-%d %H:%M:%S")
+
+
+def _upstream_wall(text: str | None) -> float | None:
+    """Upstream's ``"2025-12-10 09:06:19.731"`` as seconds, read as if it were UTC."""
+    if not text:
+        return None
+    for fmt in _UPSTREAM_FORMATS:
+        try:
+            return datetime.strptime(text.strip(), fmt).replace(tzinfo=timezone.utc).timestamp()
+        except ValueError:
+            continue
+    return None
+
+
+def _upstream_times(
+    task: _WireTask, output: _WireOutput
+) -> tuple[datetime | None, datetime | None]:
+    """When upstream itself started and ended the task, to the millisecond, in UTC.
+
+    Its stamps carry no zone; the zone is found by comparing its ``submit_time`` with the
+    gateway's (rounded to a quarter hour), else taken to be Beijing time.
+    """
+    offset = _UPSTREAM_DEFAULT_OFFSET
+    submitted = _upstream_wall(output.submit_time)
+    if submitted is not None and task.submit_time is not None:
+        offset = round((submitted - task.submit_time.timestamp()) / 900) * 900.0
+
+    def to_utc(text: str | None) -> datetime | None:
+        wall = _upstream_wall(text)
+        return None if wall is None else datetime.fromtimestamp(wall - offset, tz=timezone.utc)
+
+    return to_utc(output.scheduled_time), to_utc(output.end_time)
+
+
 def _structure_snapshot(envelope: object, _: object = None) -> TaskSnapshot:
     if not isinstance(envelope, Mapping) or not isinstance(envelope.get("data"), Mapping):
         msg = "the answer has no 'data' object"
@@ -190,6 +230,7 @@ def _structure_snapshot(envelope: object, _: object = None) -> TaskSnapshot:
             video_duration=_opt_float(raw.video_duration),
             video_ratio=raw.video_ratio,
         )
+    upstream_start, upstream_end = _upstream_times(task, output)
     video_url = fail_code = fail_message = None
     if status is TaskStatus.SUCCESS:
         # SPEC §3.3: newer gateways say result_url; older ones store the URL in fail_reason.
@@ -213,6 +254,8 @@ def _structure_snapshot(envelope: object, _: object = None) -> TaskSnapshot:
         fail_message=fail_message,
         upstream_status=output.task_status,
         upstream_request_id=upstream.request_id,
+        upstream_start=upstream_start,
+        upstream_end=upstream_end,
     )
 
 
