@@ -84,7 +84,11 @@ class Poller:
         self._rng = rng or random.Random()
         self._durations = DurationModel(policy)
         self._refresh = RefreshEstimate(policy.refresh_period)
+        #: (next check, sequence, watch), earliest first; entries whose time no longer matches
+        #: the watch's are stale and skipped.
         self._heap: list[tuple[float, int, Watch]] = []
+        #: Tasks already due: (-priority, due, sequence, watch), most promising first.
+        self._ready: list[tuple[int, float, int, Watch]] = []
         self._watches: dict[str, Watch] = {}
         self._seq = 0
         self._wakeup = anyio.Event()
@@ -167,6 +171,7 @@ class Poller:
         self._closed = True
         watches, self._watches = self._watches, {}
         self._heap.clear()
+        self._ready.clear()
         for watch in watches.values():
             watch.active = False
             watch.handle._fail(ClientClosedError(_CLOSED))
@@ -203,38 +208,38 @@ class Poller:
         while heap and (not heap[0][2].active or heap[0][0] != heap[0][2].next_at):
             heapq.heappop(heap)
 
+    def _collect_due(self) -> None:
+        """Move every task due now from the time heap to the ready heap (best first)."""
+        now = self._gateway_now()
+        heap, ready = self._heap, self._ready
+        while heap and heap[0][0] <= now:
+            due, seq, watch = heapq.heappop(heap)
+            if watch.active and due == watch.next_at:
+                heapq.heappush(ready, (-_priority(watch), due, seq, watch))
+
     async def _wait_until_due(self) -> None:
         while True:
-            self._drop_stale_top()
-            now = self._gateway_now()
-            if self._heap and self._heap[0][0] <= now:
+            self._collect_due()
+            if self._ready:
                 return
+            self._drop_stale_top()
             self._wakeup = anyio.Event()
             if not self._heap:
                 await self._wakeup.wait()
                 continue
-            delay = (self._heap[0][0] - now) / self._clock.scale
+            delay = (self._heap[0][0] - self._gateway_now()) / self._clock.scale
             with anyio.move_on_after(delay):
                 await self._wakeup.wait()
 
     def _pop_best_due(self) -> Watch | None:
         """Among the tasks due now, take the one most likely to have ended."""
-        now = self._gateway_now()
-        due: list[tuple[float, int, Watch]] = []
-        while True:
-            self._drop_stale_top()
-            if not self._heap or self._heap[0][0] > now or len(due) >= 64:
-                break
-            due.append(heapq.heappop(self._heap))
-        if not due:
-            return None
-        best = max(due, key=lambda item: (_priority(item[2]), -item[0]))
-        for item in due:
-            if item is not best:
-                heapq.heappush(self._heap, item)
-        watch = best[2]
-        watch.next_at = float("inf")  # in flight: not in the heap until the answer comes
-        return watch
+        self._collect_due()
+        while self._ready:
+            _, due, _, watch = heapq.heappop(self._ready)
+            if watch.active and due == watch.next_at:
+                watch.next_at = float("inf")  # in flight: in no heap until the answer comes
+                return watch
+        return None
 
     # -- the workers --------------------------------------------------------------------
 

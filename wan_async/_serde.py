@@ -178,12 +178,20 @@ def _upstream_wall(text: str | None) -> float | None:
     """Upstream's ``"2025-12-10 09:06:19.731"`` as seconds, read as if it were UTC."""
     if not text:
         return None
-    for fmt in _UPSTREAM_FORMATS:
-        try:
-            return datetime.strptime(text.strip(), fmt).replace(tzinfo=timezone.utc).timestamp()
-        except ValueError:
-            continue
-    return None
+    try:
+        # fromisoformat is implemented in C and an order of magnitude faster than strptime:
+        # this runs on every poll.
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        for fmt in _UPSTREAM_FORMATS:
+            try:
+                moment = datetime.strptime(text.strip(), fmt)
+                break
+            except ValueError:
+                continue
+        else:
+            return None
+    return moment.replace(tzinfo=timezone.utc).timestamp()
 
 
 def _upstream_times(
