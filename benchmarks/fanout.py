@@ -27,11 +27,31 @@ from typing import Any
 
 import anyio
 
-from wan_async import ScaledClock, VideoRequest, WanClient, WanError
+from wan_async import (
+    ScaledClock,
+    SubmitOutcomeUnknown,
+    Timeouts,
+    VideoRequest,
+    WanClient,
+    WanError,
+)
+from wan_async.testing import Fault
 
 from _harness import percentile, print_table, run_pair
 
 TICK = 15.0
+#: The faults row: one request in ten misbehaves, every kind of fault represented.
+FAULTS = {
+    Fault.RATE_LIMIT: 0.02,
+    Fault.RATE_LIMIT_RETRY_AFTER: 0.01,
+    Fault.SERVER_ERROR: 0.01,
+    Fault.UNAVAILABLE: 0.01,
+    Fault.BAD_GATEWAY_HTML: 0.01,
+    Fault.RESET_BEFORE_CREATE: 0.01,
+    Fault.DROP_AFTER_CREATE: 0.01,
+    Fault.SLOW: 0.01,
+    Fault.TRUNCATED_JSON: 0.01,
+}
 CONFIGS = [("1280*720", 5), ("1920*1080", 5), ("1280*720", 10), ("1920*1080", 10)]
 
 
@@ -83,8 +103,11 @@ async def naive(
 async def wan_async_batch(
     base_url: str, api_key: str, clock: ScaledClock, params: Mapping[str, Any]
 ) -> dict[str, Any]:
-    """``generate_many`` with default settings."""
-    async with WanClient(api_key=api_key, base_url=base_url, clock=clock) as client:
+    """``generate_many`` with default settings (and a short read timeout under faults)."""
+    timeouts = Timeouts(read=params["read_timeout"]) if params.get("read_timeout") else Timeouts()
+    async with WanClient(
+        api_key=api_key, base_url=base_url, clock=clock, timeouts=timeouts
+    ) as client:
         started = clock.monotonic()
         outcomes = await client.generate_many(make_requests(params["tasks"]), return_outcomes=True)
         wall = clock.monotonic() - started
@@ -92,7 +115,62 @@ async def wan_async_batch(
         "wall": wall,
         "ok": sum(o.ok for o in outcomes),
         "failed": sum(not o.ok for o in outcomes),
+        "unknown": sum(isinstance(o.error, SubmitOutcomeUnknown) for o in outcomes),
     }
+
+
+def faults_rows(
+    args: argparse.Namespace, *, clean: tuple[dict[str, Any], dict[str, Any]] | None
+) -> list[list[object]]:
+    """The fan-out again (FIFO) with 10 % of requests faulted, against the clean run."""
+    gateway = {
+        "tick": TICK,
+        "slots": args.slots,
+        "queue": "fifo",
+        "seed": args.seed,
+        "processing_spread": args.spread,
+        "fault_rates": FAULTS,
+        "slow_delay": 3.0,
+    }
+    client, sim = run_pair(
+        wan_async_batch,
+        scale=args.scale,
+        gateway=gateway,
+        params={"tasks": args.tasks, "read_timeout": 2.0},
+    )
+    requests = sum(sim["requests"].values())
+    rows: list[list[object]] = [
+        [
+            "fifo, 10% faults",
+            "wan_async",
+            f"{client['ok']}/{client['failed']}",
+            sum(sim["gets"]) / max(1, sim["tasks"]),
+            percentile(sim["lags"], 50),
+            percentile(sim["lags"], 95),
+            client["wall"] / 60,
+            client["cpu"],
+            client["peak_rss_mib"],
+            sim["duplicates"],
+        ]
+    ]
+    if clean is not None:
+        clean_client, clean_sim = clean
+        extra = requests - sum(clean_sim["requests"].values())
+        rows.append(
+            [
+                "fifo, 10% faults",
+                f"vs clean: {client['unknown']} unknown, {extra:+d} requests",
+                "",
+                "",
+                "",
+                "",
+                client["wall"] / clean_client["wall"],
+                "",
+                "",
+                "",
+            ]
+        )
+    return rows
 
 
 def main() -> None:
@@ -115,6 +193,7 @@ def main() -> None:
         flush=True,
     )
     rows = []
+    clean_runs: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
     for queue in args.queue:
         gateway = {
             "tick": TICK,
@@ -146,7 +225,8 @@ def main() -> None:
                 ]
             )
         base, _, base_gets = results["naive (every tick/3)"]
-        ours, _, our_gets = results["wan_async"]
+        ours, our_sim, our_gets = results["wan_async"]
+        clean_runs[queue] = (ours, our_sim)
         rows.append(
             [
                 queue,
@@ -161,6 +241,8 @@ def main() -> None:
                 "",
             ]
         )
+    if args.faults:
+        rows.extend(faults_rows(args, clean=clean_runs.get("fifo")))
     print_table(
         [
             "queue",

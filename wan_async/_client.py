@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
+import pathlib
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
@@ -18,6 +19,7 @@ from anyio.abc import TaskGroup
 from ._batch import Batch, Outcome, Window
 from ._clock import Clock, SystemClock
 from ._config import Timeouts, resolve_api_key, resolve_base_url
+from ._download import download
 from ._exceptions import ClientClosedError, DecodeError, SubmitOutcomeUnknown, WanError
 from ._handle import TaskHandle
 from ._journal import Journal
@@ -78,6 +80,7 @@ class WanClient:
             (``None``: unlimited until the gateway answers 429).
         poll_policy: how the shared poller spends its requests.
         retry: how failed requests are retried (a submit only when certainly not created).
+        max_concurrent_downloads: video downloads in flight at once (apart from submits and polls).
 
     Raises:
         ConfigurationError: no API key, or an unusable base URL.
@@ -97,6 +100,7 @@ class WanClient:
         max_requests_per_second: float | None = 10.0,
         poll_policy: PollPolicy = PollPolicy(),  # noqa: B008 - frozen
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen
+        max_concurrent_downloads: int = 4,
     ) -> None:
         if max_concurrent_submits < 1 or max_in_flight < 1:
             msg = "max_concurrent_submits and max_in_flight must be at least 1"
@@ -116,6 +120,10 @@ class WanClient:
             clock=self.clock,
         )
         self._submit_slots = anyio.Semaphore(max_concurrent_submits)
+        if max_concurrent_downloads < 1:
+            msg = "max_concurrent_downloads must be at least 1"
+            raise ValueError(msg)
+        self._download_slots = anyio.Semaphore(max_concurrent_downloads)
         self._retry = retry
         self._rng = random.Random()
         # The poller draws on the budget itself (to pick which task to spend it on) and
@@ -433,6 +441,56 @@ class WanClient:
         """
         return await self._with_retries(
             lambda: self._get_once(task_id), submit=False, what=f"status of {task_id}"
+        )
+
+    async def download(
+        self,
+        result: VideoResult | str,
+        path: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        timeout: float | None = None,
+    ) -> pathlib.Path:
+        """Save a finished video to a file, streamed from the storage host.
+
+        The URL is signed and on another host: it is fetched without the gateway's key, in
+        chunks written to a temporary file beside the destination, which takes the
+        destination's name only once complete (checked against ``Content-Length``, fsynced):
+        the file is never seen half-written. Transient failures are retried with the client's
+        ``retry`` policy, outside the gateway's request budget; at most
+        ``max_concurrent_downloads`` run at once. Works with or without entering the client.
+
+        Args:
+            result: the finished task's result, or its video URL.
+            path: the file to write; or an existing directory, to write ``<task_id>.mp4`` in
+                (for a bare URL, the URL's file name).
+            overwrite: replace an existing file (by default that is an error).
+            timeout: clock seconds for the whole download, retries included.
+
+        Returns:
+            The path of the saved file.
+
+        Raises:
+            FileExistsError: the file exists and ``overwrite`` is false (checked before any
+                request, and again by the final move).
+            VideoURLExpired: the storage host refused the URL: URLs are valid for 24 h after
+                the task finished; :meth:`get_task` may give a fresh one, else generate again.
+            DeadlineExceeded: ``timeout`` passed; nothing was saved.
+            WanError: the download failed for good (a transport error, an :class:`APIError`
+                from the storage host, :class:`IncompleteDownload`); nothing was saved.
+            ValueError: not an http(s) URL, or no safe file name for a directory.
+        """
+        self._check_open()
+        return await download(
+            result,
+            path,
+            transport=self._transport,
+            policy=self._retry,
+            clock=self.clock,
+            rng=self._rng,
+            slots=self._download_slots,
+            overwrite=overwrite,
+            timeout=timeout,
         )
 
     async def _get_once(self, task_id: str) -> TaskSnapshot:

@@ -11,6 +11,9 @@ Every error the library raises derives from :class:`WanError`::
     ├── BatchAborted                           a batch item was not run to its end
     ├── JournalError                           a batch journal cannot be used
     ├── SubmitOutcomeUnknown                   a submit was sent, its answer was lost
+    ├── DownloadError                          a video could not be saved from the storage host
+    │   ├── VideoURLExpired                    signed URL refused (valid 24 h): get a fresh one
+    │   └── IncompleteDownload                 the body's length is not its Content-Length
     ├── TransportError                         no HTTP answer at all
     │   ├── WanConnectionError                 connection refused, reset or dropped
     │   └── WanTimeoutError                    connect or read timed out
@@ -26,6 +29,8 @@ Every error the library raises derives from :class:`WanError`::
         └── DecodeError                        a 2xx answer that is not what the API sends
 
 Errors carry what the server said (HTTP status, code, message, request id) and never the API key.
+A download's other failures are the transport errors and :class:`APIError` subclasses above,
+naming the storage URL without its query string (the signature), never the URL itself.
 ``task_may_exist`` tells, for a failed submit, whether the gateway may have created (and billed)
 a task anyway: see :class:`SubmitOutcomeUnknown`.
 """
@@ -161,6 +166,64 @@ class SubmitOutcomeUnknown(WanError):
             "exist and be billed. It was not resubmitted: check the gateway's task list, or "
             "resubmit yourself if a duplicate is acceptable"
         )
+
+
+class DownloadError(WanError):
+    """A video could not be fetched from the storage host and saved; nothing was written."""
+
+
+class VideoURLExpired(DownloadError):
+    """The storage host refused the signed video URL: expired (24 h) or no longer valid."""
+
+    def __init__(
+        self,
+        *,
+        task_id: str | None,
+        status: int,
+        code: str | None,
+        message: str | None,
+        request_id: str | None,
+    ) -> None:
+        self.task_id = task_id
+        self.status = status
+        self.code = code
+        self.message = message
+        self.request_id = request_id
+        said = " ".join(
+            part
+            for part in (
+                f"HTTP {status}",
+                f"code={code}" if code else "",
+                f"message={_short_repr(message, 200)}" if message else "",
+                f"request_id={request_id}" if request_id else "",
+            )
+            if part
+        )
+        again = f"get_task({task_id!r})" if task_id else "get_task(task_id)"
+        super().__init__(
+            f"the signed video URL{f' of task {task_id}' if task_id else ''} was refused by the "
+            f"storage host ({said}): video URLs are valid for 24 h after the task finished; "
+            f"call {again} for a fresh URL if the gateway provides one, or generate the video "
+            "again"
+        )
+
+
+class IncompleteDownload(DownloadError):
+    """The video's body ended at another length than its ``Content-Length`` declared."""
+
+    def __init__(self, *, url: str, expected: int, received: int) -> None:
+        #: The storage URL without its query string.
+        self.url = url
+        self.expected = expected
+        self.received = received
+        super().__init__(
+            f"GET {url}: received {received} bytes of a body declared as {expected}; "
+            "retrying may work"
+        )
+
+    @property
+    def retryable(self) -> bool:
+        return True
 
 
 class TransportError(WanError):

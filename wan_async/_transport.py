@@ -8,17 +8,24 @@ created a task (``task_may_exist``, SPEC §2):
   with one of its JSON error shapes (except ``do_request_failed``);
 * outcome unknown: the request was sent and then the connection broke or timed out, or the
   answer is not the gateway's own (a proxy's HTML page, a truncated body).
+
+:meth:`Transport.stream` fetches a finished video from the object-storage host (SPEC §3.3)
+through the same session: without the gateway's key, and logging the URL without its query
+string, which is the signature.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import logging
+import re
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Iterator, Mapping
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import aiohttp
 import attrs
@@ -29,6 +36,7 @@ from ._exceptions import (
     AuthenticationError,
     BadRequestError,
     ClientClosedError,
+    ConfigurationError,
     DecodeError,
     ModelNotFoundError,
     PermissionDeniedError,
@@ -36,6 +44,7 @@ from ._exceptions import (
     RateLimitedError,
     ServerError,
     TaskNotFound,
+    TransportError,
     WanConnectionError,
     WanTimeoutError,
 )
@@ -46,6 +55,12 @@ logger = logging.getLogger("wan_async")
 
 _SNIPPET = 200
 _REQUEST_ID_HEADERS = ("X-Oneapi-Request-Id", "X-Request-Id")
+_STORAGE_REQUEST_ID_HEADERS = ("x-oss-request-id", "x-amz-request-id", *_REQUEST_ID_HEADERS)
+#: Enough of a storage error body to find the XML's <Code> and <Message>.
+_ERROR_BODY_LIMIT = 4096
+_XML_FIELD = {
+    name: re.compile(rf"<{name}>([^<]{{0,300}})</{name}>") for name in ("Code", "Message")
+}
 #: Upstream's own call broke mid-way: the gateway cannot tell whether upstream made the task.
 _UNKNOWN_OUTCOME_CODES = frozenset({"do_request_failed"})
 _QUOTA_CODES = frozenset({"quota_not_enough", "insufficient_user_quota"})
@@ -83,6 +98,11 @@ class Transport:
         self._api_key = api_key
         self._timeout = aiohttp.ClientTimeout(
             total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
+        )
+        # No total for a stream: a big video on a slow link may rightly take longer than any
+        # one API exchange; a stalled one still trips the per-read limit.
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
         )
         self._session = session
         self._owns_session = session is None
@@ -179,6 +199,163 @@ class Transport:
         )
         return _decode(method, path, status, raw, headers, request_id)
 
+    @contextlib.asynccontextmanager
+    async def stream(self, url: str) -> AsyncIterator[Stream]:
+        """GET an absolute URL on another host (the video storage) and stream its 2xx body.
+
+        The gateway's ``Authorization`` header is never sent: the signed URL is its own
+        credential, and the key must not leak to another host. Redirects are followed (they
+        cannot carry a header that was never set). Logs and errors show the URL without its
+        query string, which holds the signature.
+
+        Use as ``async with transport.stream(url) as stream:`` and read the body with
+        :meth:`Stream.read`; leaving the block releases the connection.
+
+        Raises:
+            WanConnectionError, WanTimeoutError: no answer, or the body broke off or stalled
+                (also from :meth:`Stream.read`).
+            APIError: (a subclass of) for a non-2xx answer, with what the storage host said.
+            ClientClosedError: the transport was closed.
+            ConfigurationError: a session passed in sends credentials with every request.
+        """
+        session = self._get_session()
+        shown = redact_url(url)
+        if "Authorization" in session.headers or session.auth is not None:
+            # Our own session has neither; a caller's would hand them to the storage host.
+            msg = (
+                "the session sends credentials with every request; they must not reach the "
+                "video storage host: set Authorization per request, not on the session"
+            )
+            raise ConfigurationError(msg)
+        started = time.monotonic()
+        with _translated(shown):
+            response = await session.get(
+                url,
+                # Identity, so the bytes received are the bytes Content-Length declares.
+                headers={"Accept-Encoding": "identity"},
+                timeout=self._stream_timeout,
+                allow_redirects=True,
+            )
+        try:
+            request_id = _header_request_id(response.headers, _STORAGE_REQUEST_ID_HEADERS)
+            logger.debug(
+                "GET %s -> %d in %.3fs (request id %s)",
+                shown,
+                response.status,
+                time.monotonic() - started,
+                request_id,
+            )
+            if not 200 <= response.status < 300:
+                with _translated(shown):
+                    raw = await response.content.read(_ERROR_BODY_LIMIT)
+                raise _storage_error(shown, response.status, raw, response.headers, request_id)
+            yield Stream(response, shown)
+        finally:
+            # Hands a fully read connection back to the pool and closes one cut short.
+            response.release()
+
+
+class Stream:
+    """A 2xx answer from the storage host whose body is being read, chunk by chunk."""
+
+    def __init__(self, response: aiohttp.ClientResponse, shown: str) -> None:
+        self._response = response
+        #: The URL as it may be shown: ``scheme://host/path``, never the signature.
+        self.url = shown
+        self.status = response.status
+        self.headers: Mapping[str, str] = response.headers
+
+    @property
+    def content_length(self) -> int | None:
+        """The body's declared length in bytes, or ``None`` when not declared."""
+        return self._response.content_length
+
+    @property
+    def encoded(self) -> bool:
+        """Whether the body came with a ``Content-Encoding`` (its length is then not the file's)."""
+        return self.headers.get("Content-Encoding", "identity").lower() != "identity"
+
+    async def read(self, size: int) -> bytes:
+        """Return the next chunk of at most ``size`` bytes; ``b""`` at the end of the body.
+
+        Raises:
+            WanConnectionError: the connection broke before the body was complete.
+            WanTimeoutError: no data arrived within the read timeout.
+        """
+        with _translated(self.url):
+            return await self._response.content.read(size)
+
+
+def redact_url(url: str) -> str:
+    """``url`` as ``scheme://host[:port]/path``: no credentials, query or fragment."""
+    parts = urlsplit(url)
+    host = parts.netloc.rpartition("@")[2]
+    return f"{parts.scheme}://{host}{parts.path}"
+
+
+@contextlib.contextmanager
+def _translated(shown: str) -> Iterator[None]:
+    """Translate aiohttp's errors while talking to the storage host (a GET: nothing to create).
+
+    Messages name the exception type and never its text: aiohttp's texts may carry the full
+    URL, signature included.
+    """
+    try:
+        yield
+    except aiohttp.ConnectionTimeoutError:
+        _raise_transport(WanTimeoutError, "timed out opening the connection", shown)
+    except aiohttp.ClientConnectorError as exc:
+        why = exc.os_error.strerror or type(exc.os_error).__name__
+        _raise_transport(WanConnectionError, f"could not connect: {why}", shown)
+    except asyncio.TimeoutError:
+        _raise_transport(WanTimeoutError, "timed out waiting for data", shown)
+    except aiohttp.ClientPayloadError as exc:
+        _raise_transport(
+            WanConnectionError, f"the body was cut short ({type(exc).__name__})", shown
+        )
+    except (aiohttp.ClientError, OSError) as exc:
+        _raise_transport(WanConnectionError, f"the connection broke ({type(exc).__name__})", shown)
+
+
+def _raise_transport(cls: type[TransportError], message: str, shown: str) -> NoReturn:
+    raise cls(message, method="GET", path=shown, task_may_exist=False) from None
+
+
+def _storage_error(
+    shown: str, status: int, raw: bytes, headers: Mapping[str, str], request_id: str | None
+) -> APIError:
+    """The error for a non-2xx answer of the storage host: the gateway's class, its own hint."""
+    text = raw.decode("utf-8", "replace")
+    fields = {name: pattern.search(text) for name, pattern in _XML_FIELD.items()}
+    code = fields["Code"].group(1).strip() if fields["Code"] else None
+    message = fields["Message"].group(1).strip() if fields["Message"] else None
+    cls, _ = _classify(status, None, from_gateway=False)
+    return cls(
+        method="GET",
+        path=shown,
+        status=status,
+        code=code or None,
+        message=message or None,
+        request_id=request_id,
+        # An error body we could read needs no snippet (and OSS echoes the signature in some).
+        snippet=None if code or message else text[:_SNIPPET],
+        retry_after=parse_retry_after(headers.get("Retry-After")),
+        task_may_exist=False,
+        hint=_storage_hint(status),
+    )
+
+
+def _storage_hint(status: int) -> str:
+    if status in (401, 403):
+        return "the storage host refused the signed URL"
+    if status == 404:
+        return "the storage host has no such video (removed after expiry, or a wrong URL)"
+    if status == 429:
+        return "the storage host asks to slow down; retry later"
+    if status == 408 or status >= 500:
+        return "the storage host failed; retrying later may work"
+    return "the storage host refused the download"
+
 
 def _decode(
     method: str,
@@ -268,8 +445,10 @@ def _classify(status: int, code: str | None, *, from_gateway: bool) -> tuple[typ
     return ServerError, "unexpected HTTP status from the gateway"
 
 
-def _header_request_id(headers: Mapping[str, str]) -> str | None:
-    for name in _REQUEST_ID_HEADERS:
+def _header_request_id(
+    headers: Mapping[str, str], names: tuple[str, ...] = _REQUEST_ID_HEADERS
+) -> str | None:
+    for name in names:
         value = headers.get(name)
         if value:
             return value
