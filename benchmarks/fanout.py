@@ -185,6 +185,9 @@ def main() -> None:
     parser.add_argument(
         "--queue", choices=("fifo", "shared"), nargs="*", default=["fifo", "shared"]
     )
+    parser.add_argument(
+        "--faults", action=argparse.BooleanOptionalAction, default=True, help="add the faults row"
+    )
     args = parser.parse_args()
     print(
         f"fan-out: {args.tasks} tasks, {args.slots} upstream slots, tick {TICK:g}s, "

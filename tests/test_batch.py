@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anyio
 import pytest
 
@@ -10,11 +12,13 @@ from wan_async import (
     BatchAborted,
     DeadlineExceeded,
     Outcome,
+    RetryPolicy,
+    ServerError,
     TaskFailed,
     VideoRequest,
     WanClient,
 )
-from wan_async.testing import FakeGateway, ScaledClock
+from wan_async.testing import FakeGateway, Fault, ScaledClock
 
 from .conftest import fixed_processing, make_client
 
@@ -171,3 +175,37 @@ async def test_cancelling_the_caller_stops_the_batch(
     created = gateway.stats.tasks_created
     await anyio.sleep(0.1)
     assert gateway.stats.tasks_created == created
+
+
+async def test_download_dir_saves_each_video_as_it_succeeds(
+    gateway: FakeGateway, client: WanClient, tmp_path: Path
+) -> None:
+    """download_dir: every successful item's video is on disk; failures have no file."""
+    folder = tmp_path / "videos"
+    outcomes = await client.generate_many(
+        items(4, fail={1}), return_outcomes=True, download_dir=folder
+    )
+    assert [o.ok for o in outcomes] == [True, False, True, True]
+    for o in outcomes:
+        if o.ok:
+            assert o.path is not None
+            assert o.path.parent == folder
+            assert o.path.stat().st_size == 65536
+        else:
+            assert o.path is None
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        o.path.name for o in outcomes if o.path
+    )
+    assert gateway.download_auth_headers == [False, False, False]
+
+
+async def test_failed_download_keeps_the_result(gateway: FakeGateway, tmp_path: Path) -> None:
+    """A video that cannot be saved still reports its result (the URL is valid 24 h)."""
+    gateway.inject(Fault.SERVER_ERROR, on="download", times=10)
+    async with make_client(gateway, retry=RetryPolicy.no_wait(attempts=2)) as client:
+        [outcome] = await client.generate_many(
+            items(1), return_outcomes=True, download_dir=tmp_path
+        )
+    assert outcome.result is not None
+    assert isinstance(outcome.error, ServerError)
+    assert not outcome.ok

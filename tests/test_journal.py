@@ -187,3 +187,18 @@ async def test_kill_9_mid_batch_then_resume(tmp_path: Path) -> None:
     assert gw.stats.tasks_created == n - sum(
         gw.stats.tasks_per_prompt[o.request.prompt] == 0 for o in unknown
     )
+
+
+async def test_refused_submits_are_retried_by_the_next_run(
+    gateway: FakeGateway, tmp_path: Path
+) -> None:
+    """A batch stopped by a wrong key resumes with the right one: refused is not unknown."""
+    journal = tmp_path / "batch.jsonl"
+    requests = batch(4)
+    async with make_client(gateway, api_key="sk-wrong") as client:
+        first = await client.generate_many(requests, return_outcomes=True, journal=journal)
+    assert not any(o.ok for o in first)
+    async with make_client(gateway) as client:
+        again = await client.generate_many(requests, return_outcomes=True, journal=journal)
+    assert all(o.ok for o in again)
+    assert max(gateway.stats.tasks_per_prompt.values()) == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Protocol
 
 import anyio
@@ -25,6 +26,7 @@ from ._exceptions import (
     SubmitOutcomeUnknown,
     TaskFailed,
     TaskNotFound,
+    WanError,
 )
 from ._handle import TaskHandle
 from ._journal import Journal
@@ -44,18 +46,22 @@ class Outcome:
     #: Set once the task was created (also on most failures: the task exists upstream).
     task_id: str | None = None
     result: VideoResult | None = None
+    #: Why the item did not end well. With ``result`` also set, the task succeeded but its
+    #: download (``download_dir``) failed: the URL stays valid for 24 hours.
     error: BaseException | None = None
+    #: Where the video was saved, when the batch was given a ``download_dir``.
+    path: Path | None = None
 
     @property
     def ok(self) -> bool:
-        """Whether the item produced a video."""
-        return self.result is not None
+        """Whether the item produced a video (and saved it, if asked to)."""
+        return self.result is not None and self.error is None
 
     def unwrap(self) -> VideoResult:
         """Return the result, or raise the item's error."""
-        if self.result is None:
-            assert self.error is not None
+        if self.error is not None:
             raise self.error
+        assert self.result is not None
         return self.result
 
 
@@ -68,6 +74,8 @@ class Submit(Protocol):
 
 
 Attach = Callable[[str], TaskHandle]
+#: Saves a finished item's video; returns where.
+Save = Callable[[int, VideoResult], Awaitable[Path]]
 
 
 class Window:
@@ -101,6 +109,7 @@ class Batch:
         attach: Attach,
         clock: Clock,
         journal: Journal | None,
+        save: Save | None = None,
         max_in_flight: int,
         window: Window | None,
         item_timeout: float | None,
@@ -112,9 +121,13 @@ class Batch:
         self._attach = attach
         self._clock = clock
         self._journal = journal
+        self._save = save
         self._slots = anyio.Semaphore(max_in_flight)
         self._window = window
         self._submitting = 0
+        #: Cancelled to stop feeding new items; and the scopes of the waits under way.
+        self._feed = anyio.CancelScope()
+        self._waits: set[anyio.CancelScope] = set()
         self._item_timeout = item_timeout
         self._fail_fast = fail_fast
         now = anyio.current_time()
@@ -142,12 +155,13 @@ class Batch:
         async with self._send:
             with self._scope:
                 async with anyio.create_task_group() as tg:
-                    for index, request in enumerate(self._requests):
-                        await self._slots.acquire()
-                        if self._window is not None:
-                            await self._window.wait_for_room(lambda: self._submitting)
-                        self._submitting += 1
-                        tg.start_soon(self._item, index, request)
+                    with self._feed:
+                        for index, request in enumerate(self._requests):
+                            await self._slots.acquire()
+                            if self._window is not None:
+                                await self._window.wait_for_room(lambda: self._submitting)
+                            self._submitting += 1
+                            tg.start_soon(self._item, index, request)
             for index, request in enumerate(self._requests):
                 if index not in self._reported:
                     error = self._cut_short_error(index)
@@ -178,6 +192,19 @@ class Batch:
         why = f"the batch stopped after {type(cause).__name__}" if cause else "the batch stopped"
         return BatchAborted(f"{why}; {where}", task_id=task_id, cause=cause)
 
+    def _halt(self, cause: BaseException) -> None:
+        """Stop the batch after ``cause``, gracefully.
+
+        No new item is submitted and waits end, but a submit already on the wire runs to its
+        answer: cutting it off would turn a known outcome into an unknown one.
+        """
+        if self._stop_cause is not None:
+            return
+        self._stop_cause = cause
+        self._feed.cancel()
+        for scope in self._waits:
+            scope.cancel()
+
     def _check_running(self) -> None:
         if self._stop_cause is not None:
             raise BatchAborted(
@@ -200,8 +227,7 @@ class Batch:
             if outcome.error is not None and (
                 self._fail_fast or isinstance(outcome.error, _BATCH_FATAL)
             ):
-                self._stop_cause = outcome.error
-                self._scope.cancel()
+                self._halt(outcome.error)
         finally:
             self._slots.release()
 
@@ -212,8 +238,18 @@ class Batch:
         else:
             self._submitting -= 1
         if isinstance(start, Outcome):
-            return start
-        return await self._wait_item(index, request, start)
+            return await self._finish(start)
+        return await self._finish(await self._wait_item(index, request, start))
+
+    async def _finish(self, outcome: Outcome) -> Outcome:
+        """Save a successful item's video, when the batch downloads as it goes."""
+        if self._save is None or outcome.result is None or outcome.error is not None:
+            return outcome
+        try:
+            path = await self._save(outcome.index, outcome.result)
+        except (WanError, OSError) as exc:
+            return attrs.evolve(outcome, error=exc)
+        return attrs.evolve(outcome, path=path)
 
     def _resume(self, index: int, request: VideoRequest) -> TaskHandle | Outcome | None:
         """Pick an item up where the journal left it; ``None`` if it is still to submit."""
@@ -237,7 +273,22 @@ class Batch:
         task_id = handle.task_id
         self._task_ids[index] = task_id
         try:
-            result = await handle.wait(self._item_timeout)
+            with anyio.CancelScope() as wait:
+                self._waits.add(wait)
+                if self._stop_cause is not None:
+                    wait.cancel()
+                try:
+                    result = await handle.wait(self._item_timeout)
+                finally:
+                    self._waits.discard(wait)
+            if wait.cancelled_caught:
+                why = f"the batch stopped after {type(self._stop_cause).__name__}"
+                stopped = BatchAborted(
+                    f"{why}; task {task_id} goes on upstream; attach to it to collect it",
+                    task_id=task_id,
+                    cause=self._stop_cause,
+                )
+                return Outcome(index=index, request=request, task_id=task_id, error=stopped)
         except TimeoutError:
             late = DeadlineExceeded(
                 f"task {task_id} did not end within {self._item_timeout:g}s; it goes on "
@@ -257,18 +308,35 @@ class Batch:
 
     async def _submit_item(self, index: int, request: VideoRequest) -> TaskHandle | Outcome:
         journal = self._journal
+        sending = False
+
+        def before_send() -> None:
+            nonlocal sending
+            self._check_running()
+            sending = True
+
         try:
-            if journal is not None:
-                # On disk before the request leaves: a crash after it reads as "unknown".
-                await journal.submitting(index, self._clock.time())
             try:
-                handle = await self._submit(request, before_send=self._check_running)
+                if journal is not None:
+                    # On disk before the request leaves: a crash after it reads as "unknown".
+                    await journal.submitting(index, self._clock.time())
+                handle = await self._submit(request, before_send=before_send)
             except SubmitOutcomeUnknown as exc:
                 if journal is not None:
                     await journal.unknown(index, exc.submitted_at, exc)
                 return Outcome(index=index, request=request, error=exc)
             except Exception as exc:  # every failure becomes this item's outcome
+                if journal is not None:
+                    # Certainly nothing created (refused, or stopped before sending): a later
+                    # run may submit it again, so it must not read as "unknown".
+                    await journal.refused(index, str(exc))
                 return Outcome(index=index, request=request, error=exc)
+            except BaseException:
+                if journal is not None and not sending:
+                    # Cancelled while waiting for a submit slot: nothing was sent.
+                    with anyio.CancelScope(shield=True):
+                        await journal.refused(index, "stopped before it was sent")
+                raise
             if journal is not None:
                 await journal.submitted(index, handle.task_id)
             return handle

@@ -16,7 +16,7 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
-from ._batch import Batch, Outcome, Window
+from ._batch import Batch, Outcome, Save, Window
 from ._clock import Clock, SystemClock
 from ._config import Timeouts, resolve_api_key, resolve_base_url
 from ._download import download
@@ -262,8 +262,15 @@ class WanClient:
         return handle
 
     def add_status_listener(self, listener: StatusListener) -> None:
-        """Call ``listener(handle, snapshot)`` on every status change the poller sees."""
+        """Call ``listener(handle, snapshot)`` on every status change the poller sees.
+
+        The listener runs on the poller's own path: keep it quick and non-blocking.
+        """
         self._poller.add_listener(listener)
+
+    def remove_status_listener(self, listener: StatusListener) -> None:
+        """Stop calling a listener added with :meth:`add_status_listener`."""
+        self._poller.remove_listener(listener)
 
     async def as_completed(
         self,
@@ -274,6 +281,7 @@ class WanClient:
         deadline: float | None = None,
         fail_fast: bool = False,
         journal: str | os.PathLike[str] | None = None,
+        download_dir: str | os.PathLike[str] | None = None,
     ) -> AsyncIterator[Outcome]:
         """Run a batch and yield each item's :class:`Outcome` as it ends.
 
@@ -291,6 +299,10 @@ class WanClient:
             journal: a file to record the batch in, one fsynced JSON line per event; running
                 the same batch with the same journal resumes it without resubmitting
                 anything (see :mod:`wan_async._journal`).
+            download_dir: save each video there as soon as its task succeeds (as
+                ``<index>-<task_id>.mp4``; a file already there is kept, so a resumed batch
+                does not fetch it again); the outcome's ``path`` says where. The folder is
+                created if needed, before anything is submitted.
 
         Every item yields exactly one outcome; items cut short by the deadline or a stop end
         with :class:`DeadlineExceeded` or :class:`BatchAborted`. Leaving the loop early stops
@@ -298,6 +310,7 @@ class WanClient:
         """
         task_group = self._running()
         items = _checked_requests(requests)
+        save = await self._saver(download_dir) if download_dir is not None else None
         opened = await Journal.open(journal, items) if journal is not None else None
         window = None
         if max_in_flight is None:
@@ -313,6 +326,7 @@ class WanClient:
             attach=self.attach,
             clock=self.clock,
             journal=opened,
+            save=save,
             window=window,
             max_in_flight=max_in_flight or self.max_in_flight,
             item_timeout=timeout,
@@ -325,6 +339,19 @@ class WanClient:
             async for outcome in outcomes:
                 yield outcome
 
+    async def _saver(self, folder: str | os.PathLike[str]) -> Save:
+        """How a batch saves each video into ``folder`` (created now, before any submit)."""
+        directory = pathlib.Path(folder)
+        await anyio.to_thread.run_sync(lambda: directory.mkdir(parents=True, exist_ok=True))
+
+        async def save(index: int, result: VideoResult) -> pathlib.Path:
+            target = directory / f"{index}-{result.task_id}.mp4"
+            if await anyio.to_thread.run_sync(target.exists):
+                return target  # saved by an earlier run of the same batch
+            return await self.download(result, target)
+
+        return save
+
     @overload
     async def generate_many(
         self,
@@ -336,6 +363,7 @@ class WanClient:
         deadline: float | None = None,
         fail_fast: bool = False,
         journal: str | os.PathLike[str] | None = None,
+        download_dir: str | os.PathLike[str] | None = None,
     ) -> list[VideoResult]: ...
 
     @overload
@@ -349,6 +377,7 @@ class WanClient:
         deadline: float | None = None,
         fail_fast: bool = False,
         journal: str | os.PathLike[str] | None = None,
+        download_dir: str | os.PathLike[str] | None = None,
     ) -> list[Outcome]: ...
 
     async def generate_many(
@@ -361,12 +390,14 @@ class WanClient:
         deadline: float | None = None,
         fail_fast: bool = False,
         journal: str | os.PathLike[str] | None = None,
+        download_dir: str | os.PathLike[str] | None = None,
     ) -> list[VideoResult] | list[Outcome]:
         """Run a batch and return its results in input order.
 
         Args:
             return_outcomes: return one :class:`Outcome` per item instead of raising.
-            max_in_flight, timeout, deadline, fail_fast, journal: as for :meth:`as_completed`.
+            max_in_flight, timeout, deadline, fail_fast, journal, download_dir: as for
+                :meth:`as_completed`.
 
         Raises:
             WanError: without ``return_outcomes``, the first failed item's error (by input
@@ -382,6 +413,7 @@ class WanClient:
             deadline=deadline,
             fail_fast=fail_fast,
             journal=journal,
+            download_dir=download_dir,
         ):
             outcomes[outcome.index] = outcome
         complete = [

@@ -12,6 +12,7 @@ Lines (``"i"`` is the item's index in the batch, ``"fp"`` its request's fingerpr
     {"event": "submitting", "i": 3, "fp": "…", "at": 1765328779.1}
     {"event": "submitted", "i": 3, "task_id": "task_…"}
     {"event": "unknown", "i": 4, "at": 1765328779.2, "error": "…"}
+    {"event": "refused", "i": 6, "error": "…"}
     {"event": "finished", "i": 3, "task_id": "task_…", "status": "SUCCESS", "video_url": "…"}
     {"event": "finished", "i": 5, "task_id": "task_…", "status": "FAILURE", "code": "…", …}
 
@@ -156,6 +157,11 @@ class Journal:
         self._states[index].task_id = task_id
         await self._write({"event": "submitted", "i": index, "task_id": task_id})
 
+    async def refused(self, index: int, reason: str) -> None:
+        """Record that item ``index``'s submit certainly created nothing (it may be retried)."""
+        self._states[index].submitting_at = None
+        await self._write({"event": "refused", "i": index, "error": reason})
+
     async def unknown(self, index: int, at: float, error: BaseException) -> None:
         """Record that item ``index``'s submit outcome is unknown."""
         self._states[index].unknown = True
@@ -237,6 +243,8 @@ def _replay(path: Path, lines: list[str], fingerprints: list[str], states: list[
             state.submitting_at = float(line.get("at") or 0.0)
         elif event == "submitted":
             state.task_id = str(line["task_id"])
+        elif event == "refused":
+            state.submitting_at = None
         elif event == "unknown":
             state.unknown = True
             state.submitting_at = float(line.get("at") or state.submitting_at or 0.0)

@@ -9,6 +9,7 @@ the task's handle, resolves it when the task has ended, or puts it back in the h
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import logging
 import math
@@ -127,6 +128,11 @@ class Poller:
     def add_listener(self, listener: StatusListener) -> None:
         """Call ``listener(handle, snapshot)`` whenever a tracked task's status changes."""
         self._listeners.append(listener)
+
+    def remove_listener(self, listener: StatusListener) -> None:
+        """Stop calling ``listener`` (a no-op if it was not added)."""
+        with contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
 
     def track(self, handle: TaskHandle, *, key: DurationKey | None, submitted: bool) -> None:
         """Start tracking ``handle``: a task just submitted, or one attached by id.

@@ -1,0 +1,376 @@
+"""The ``wan-async`` command line, through its real entry points.
+
+End-to-end cases run the installed console script (or ``python -m wan_async``) in a
+subprocess; cases that need a gateway the test controls call ``main()`` in a worker thread
+while the test's event loop serves a FakeGateway.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+import anyio.to_thread
+import pytest
+
+from wan_async import VideoRequest, WanClient
+from wan_async._cli import main
+from wan_async.testing import FakeGateway, ScaledClock
+
+from .conftest import SCALE, fixed_processing
+
+pytestmark = pytest.mark.anyio
+
+#: A key distinctive enough to be found if it leaked into any output.
+KEY = "sk-cli-test-9f2c47e1d8b3a6055e7d"
+WRONG_KEY = "sk-wrong-key-b7d21c9a4e6f83012"
+PROMPTS = """\
+# a comment, then a blank line
+
+A paper boat drifting down a rain-soaked street
+A red fox trotting through fresh snow
+Neon koi in a flooded arcade [fail]
+Honey dripping from a wooden dipper
+"""
+
+
+def cli() -> list[str]:
+    """The installed console script, else the module (a checkout not installed)."""
+    script = Path(sys.executable).with_name("wan-async")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "wan_async"]
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without any gateway settings of the machine running the tests."""
+    return {k: v for k, v in os.environ.items() if k not in ("WAN_API_KEY", "WAN_BASE_URL")}
+
+
+def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """Run the CLI to its end; output captured as text."""
+    return subprocess.run(
+        [*cli(), *args],
+        cwd=cwd,
+        env=clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def results(path: Path) -> list[dict[str, object]]:
+    """The lines of a results file, decoded."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def prompts(tmp_path: Path) -> Path:
+    """Four prompts (the third refused by the simulated moderation), with a comment."""
+    path = tmp_path / "prompts.txt"
+    path.write_text(PROMPTS)
+    return path
+
+
+@pytest.fixture
+async def gw() -> AsyncIterator[FakeGateway]:
+    """A simulator accepting only the distinctive KEY."""
+    async with FakeGateway(
+        api_key=KEY,
+        clock=ScaledClock(SCALE),
+        slots=4,
+        processing_time=fixed_processing(90.0),
+    ) as gateway:
+        yield gateway
+
+
+@pytest.fixture
+def no_gateway_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process runs must not pick up the machine's own gateway settings."""
+    monkeypatch.delenv("WAN_API_KEY", raising=False)
+    monkeypatch.delenv("WAN_BASE_URL", raising=False)
+
+
+async def run_main(*args: str, gw: FakeGateway) -> int:
+    """Run ``main()`` in a worker thread, pointed at ``gw`` and sharing its clock."""
+    argv = [*args, "--base-url", gw.base_url]
+    return await anyio.to_thread.run_sync(lambda: main(argv, clock=gw.clock))
+
+
+def test_console_script_help_lists_commands_and_exit_codes(tmp_path: Path) -> None:
+    """The installed ``wan-async`` script documents every command and exit code."""
+    script = Path(sys.executable).with_name("wan-async")
+    assert script.exists(), "pip install -e '.[dev]' installs the wan-async script"
+    done = run_cli("--help", cwd=tmp_path)
+    assert done.returncode == 0
+    for word in ("generate", "batch", "status", "wait", "simulate", "exit codes", "130"):
+        assert word in done.stdout
+
+
+def test_batch_simulate_saves_videos_and_results(prompts: Path, tmp_path: Path) -> None:
+    """Offline batch: videos on disk, one results line per prompt, exit 1 for the refused one."""
+    out = tmp_path / "videos"
+    args = ("batch", "--simulate", str(prompts), "--out-dir", str(out), "--time-scale", "300")
+    done = run_cli(*args, "--api-key", KEY, cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    rows = results(out / "results.jsonl")
+    assert [r["index"] for r in rows] == [0, 1, 2, 3]
+    assert [r["line"] for r in rows] == [3, 4, 5, 6]
+    assert [r["status"] for r in rows] == ["succeeded", "succeeded", "failed", "succeeded"]
+    assert rows[2]["error_code"] == "DataInspectionFailed"
+    assert rows[2]["file"] is None
+    videos = sorted(out.glob("*.mp4"))
+    assert [Path(str(r["file"])) for r in rows if r["file"]] == videos
+    assert all(v.stat().st_size > 0 for v in videos)
+    assert videos[0].name == f"000-{rows[0]['task_id']}.mp4"
+    assert "1 of 4 items produced no video" in done.stderr
+    assert KEY not in done.stdout + done.stderr
+
+    # Rerun: everything comes back from the journal; no request, no download again.
+    mtimes = [v.stat().st_mtime_ns for v in videos]
+    again = run_cli(*args, cwd=tmp_path)
+    assert again.returncode == 1
+    assert "0 requests (0 submits, 0 status checks)" in again.stdout
+    assert [v.stat().st_mtime_ns for v in videos] == mtimes
+    assert results(out / "results.jsonl") == rows
+
+
+def test_generate_simulate_downloads_the_video(tmp_path: Path) -> None:
+    """Offline generate prints the task id and the saved path."""
+    done = run_cli(
+        "generate", "--simulate", "a cat on a skateboard", "--size", "1280*720",
+        "--out", "cat.mp4", "--time-scale", "300", "--progress", "plain",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "task id: task_" in done.stdout
+    assert "saved: cat.mp4" in done.stdout
+    assert (tmp_path / "cat.mp4").stat().st_size > 0
+
+
+def test_invalid_prompts_file_lists_every_bad_line(tmp_path: Path) -> None:
+    """Every invalid line is reported at once, by number, and nothing is submitted (exit 3)."""
+    bad = tmp_path / "prompts.jsonl"
+    bad.write_text(
+        '{"prompt": "fine"}\n'
+        '{"prompt": "too short", "duration": 7, "size": "1*1"}\n'
+        "\n"
+        "not json\n"
+        '{"size": "1280*720", "negative-prompt": "typo"}\n'
+    )
+    out = tmp_path / "videos"
+    done = run_cli("batch", "--simulate", str(bad), "--out-dir", str(out), cwd=tmp_path)
+    assert done.returncode == 3
+    assert "3 invalid lines; nothing was submitted" in done.stderr
+    assert "line 2: " in done.stderr
+    assert "duration=7" in done.stderr
+    assert "size='1*1'" in done.stderr
+    assert "line 4: not JSON (Expecting value at column 1)" in done.stderr
+    assert "line 5: unknown field ['negative-prompt']" in done.stderr
+    assert "prompt: missing" in done.stderr
+    assert "line 1:" not in done.stderr
+    assert not out.exists()
+
+
+def test_missing_api_key_exits_4(tmp_path: Path) -> None:
+    """Without --simulate and without a key, one error line and exit code 4."""
+    done = run_cli("generate", "a cat", "--out", "cat.mp4", cwd=tmp_path)
+    assert done.returncode == 4
+    assert done.stderr.strip() == (
+        "error: no API key: pass api_key= or set the WAN_API_KEY environment variable"
+    )
+    assert not (tmp_path / "cat.mp4").exists()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGINT to a child process is POSIX")
+def test_ctrl_c_stops_a_batch_cleanly_with_exit_130(prompts: Path, tmp_path: Path) -> None:
+    """Ctrl-C mid-batch: exit 130, no traceback, every item in the results file."""
+    out = tmp_path / "videos"
+    child = subprocess.Popen(
+        [*cli(), "batch", "--simulate", str(prompts), "--out-dir", str(out), "--time-scale", "60"],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        # A shell's background jobs ignore SIGINT; a terminal's Ctrl-C reaches the default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    journal = out / "journal.jsonl"
+    deadline = time.monotonic() + 30
+    while not (journal.exists() and '"submitted"' in journal.read_text()):
+        assert time.monotonic() < deadline, "the batch submitted nothing"
+        time.sleep(0.02)
+    child.send_signal(signal.SIGINT)
+    _, stderr = child.communicate(timeout=30)
+    assert child.returncode == 130, stderr
+    assert "interrupted; " in stderr
+    assert "Traceback" not in stderr
+    rows = results(out / "results.jsonl")
+    assert len(rows) == 4
+    assert "interrupted" in {r["status"] for r in rows}
+    # The simulator held those tasks and is gone: its journal would only mislead a rerun.
+    assert not journal.exists()
+
+
+def test_simulate_serves_the_gateway(tmp_path: Path) -> None:
+    """``wan-async simulate`` serves the simulator until stopped."""
+    child = subprocess.Popen(
+        [*cli(), "simulate", "--port", "0", "--time-scale", "10", "--api-key", "sk-sim"],
+        cwd=tmp_path,
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        first = child.stdout.readline()
+        assert first.startswith("gateway:"), first
+        base_url = first.split()[1]
+        request = urllib.request.Request(
+            f"{base_url}/v1/video/generations/no-such-task",
+            headers={"Authorization": "Bearer sk-sim"},
+        )
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=10)
+        assert caught.value.code == 400
+        assert json.loads(caught.value.read())["code"] == "task_not_exist"
+    finally:
+        child.terminate()
+        child.communicate(timeout=10)
+
+
+def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """argparse's errors (no command, a missing argument, an unknown option) exit 2."""
+    assert main([]) == 2
+    assert main(["generate"]) == 2
+    assert main(["status", "task_x", "--frobnicate"]) == 2
+    assert main(["batch", "p.txt", "--out-dir", "d", "--concurrency", "0"]) == 2
+    assert "usage: wan-async" in capsys.readouterr().err
+
+
+async def test_status_and_wait_against_a_gateway(
+    gw: FakeGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_gateway_env: None
+) -> None:
+    """status (text and --json) and wait (download) on a task submitted elsewhere."""
+    async with WanClient(api_key=KEY, base_url=gw.base_url, clock=gw.clock) as client:
+        created = await client.create_task(VideoRequest(prompt="look me up", model="wan2.6-t2v"))
+    task_id = created.task_id
+    gw.finish_now(task_id)
+    gw.refresh_now()
+
+    assert await run_main("status", task_id, "--api-key", KEY, gw=gw) == 0
+    text = capsys.readouterr().out
+    assert f"task       {task_id}" in text
+    assert "status     SUCCESS (100%)" in text
+    assert "video      http" in text
+
+    assert await run_main("status", task_id, "--json", "--api-key", KEY, gw=gw) == 0
+    captured = capsys.readouterr()
+    snapshot = json.loads(captured.out)
+    assert snapshot["status"] == "SUCCESS"
+    assert snapshot["video_url"].startswith(gw.storage_url)
+
+    out = tmp_path / "video.mp4"
+    code = await run_main("wait", task_id, "--out", str(out), "--api-key", KEY, gw=gw)
+    assert code == 0
+    assert out.stat().st_size > 0
+    assert f"saved: {out}" in capsys.readouterr().out
+
+    assert await run_main("status", "task_unknown", "--api-key", KEY, gw=gw) == 3
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ")
+    assert "task_not_exist" in captured.err
+    assert KEY not in captured.out + captured.err + text
+
+
+async def test_wait_for_a_failed_task_exits_1(
+    gw: FakeGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_gateway_env: None
+) -> None:
+    """A task that ended in FAILURE: its code in one error line, exit 1, no file."""
+    async with WanClient(api_key=KEY, base_url=gw.base_url, clock=gw.clock) as client:
+        created = await client.create_task(VideoRequest(prompt="[fail] no", model="wan2.6-t2v"))
+    out = tmp_path / "video.mp4"
+    code = await run_main("wait", created.task_id, "--out", str(out), "--api-key", KEY, gw=gw)
+    assert code == 1
+    err = capsys.readouterr().err
+    assert f"error: task {created.task_id} failed: code=DataInspectionFailed" in err
+    assert not out.exists()
+
+
+async def test_rejected_key_stops_the_batch_then_a_rerun_runs_it(
+    gw: FakeGateway, prompts: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A 401 exits 4 without leaking either key; fixing the key and rerunning runs it all."""
+    out = tmp_path / "videos"
+    args = ("batch", str(prompts), "--out-dir", str(out), "--progress", "plain")
+    assert await run_main(*args, "--api-key", WRONG_KEY, "--debug", gw=gw) == 4
+    captured = capsys.readouterr()
+    assert "error: the batch stopped: POST /v1/video/generations -> HTTP 401" in captured.err
+    assert "DEBUG wan_async" in captured.err
+    assert WRONG_KEY not in captured.out + captured.err
+    assert gw.stats.tasks_created == 0
+    # Nothing was created, so the journal does not hold the items as "unknown".
+    assert not (out / "journal.jsonl").exists()
+
+    assert await run_main(*args, "--api-key", KEY, "--concurrency", "2", gw=gw) == 1
+    captured = capsys.readouterr()
+    statuses = [r["status"] for r in results(out / "results.jsonl")]
+    assert statuses == ["succeeded", "succeeded", "failed", "succeeded"]
+    assert max(gw.stats.tasks_per_prompt.values()) == 1
+    assert KEY not in captured.out + captured.err
+
+
+async def test_rich_progress_and_the_plain_fallback(
+    gw: FakeGateway,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    no_gateway_env: None,
+) -> None:
+    """rich draws when asked; without rich, auto falls back to lines and 'rich' says why."""
+    first = ("generate", "a rich cat", "--out", str(tmp_path / "a.mp4"), "--api-key", KEY)
+    assert await run_main(*first, "--progress", "rich", gw=gw) == 0
+    err = capsys.readouterr().err
+    assert "SUCCESS (100%)" in err
+    assert "\x1b[" in err  # drawn for a terminal
+
+    for name in ("rich", "rich.console"):
+        monkeypatch.setitem(sys.modules, name, None)  # import rich -> ImportError
+    second = ("generate", "a plain cat", "--out", str(tmp_path / "b.mp4"), "--api-key", KEY)
+    assert await run_main(*second, gw=gw) == 0
+    err = capsys.readouterr().err
+    assert ": SUCCESS (100%)\n" in err
+    assert "\x1b[" not in err
+    created = gw.stats.tasks_created
+    third = ("generate", "a cat", "--out", str(tmp_path / "c.mp4"), "--api-key", KEY)
+    assert await run_main(*third, "--progress", "rich", gw=gw) == 4
+    assert "pip install 'wan-async[cli]'" in capsys.readouterr().err
+    assert gw.stats.tasks_created == created  # refused before anything was paid for
+
+
+async def test_journal_of_another_batch_is_refused_and_nothing_is_touched(
+    gw: FakeGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Changed prompts with the old --out-dir: exit 3, the old journal and results stay."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("first prompt\nsecond prompt\n")
+    out = tmp_path / "videos"
+    args = ("batch", str(prompts), "--out-dir", str(out), "--api-key", KEY, "-q")
+    assert await run_main(*args, gw=gw) == 0
+    assert capsys.readouterr().out == ""  # --quiet: no progress, no summary
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    prompts.write_text("first prompt\nsecond prompt, reworded\n")
+    assert await run_main(*args, gw=gw) == 3
+    assert "belongs to another batch" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert gw.stats.tasks_created == 2

@@ -1,0 +1,10 @@
+"""``python -m wan_async``: the ``wan-async`` command line (see :mod:`wan_async._cli`)."""
+
+from __future__ import annotations
+
+import sys
+
+from ._cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())
