@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio.to_thread
+import attrs
 from aiohttp import web
 
 from wan_async import (
@@ -52,21 +53,7 @@ from wan_async import (
 
 DEFAULT_MODEL = "wan2.6-t2v"
 #: Request fields a client of the app may set (``prompt`` is required).
-FIELDS = frozenset(
-    {
-        "prompt",
-        "model",
-        "negative_prompt",
-        "audio_url",
-        "size",
-        "duration",
-        "prompt_extend",
-        "watermark",
-        "seed",
-        "audio",
-        "shot_type",
-    }
-)
+FIELDS = frozenset(field.name for field in attrs.fields(VideoRequest))
 #: Stored ids older than this are not re-attached: the gateway forgets tasks after 24 hours.
 MAX_AGE = 24 * 3600.0
 
