@@ -1,0 +1,94 @@
+"""The public surface: exactly what wan_async re-exports, typed, with one error root."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import wan_async
+import wan_async.testing
+
+PUBLIC = [
+    "DEFAULT_BASE_URL",
+    "MODEL_RULES",
+    "APIError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BatchAborted",
+    "ClientClosedError",
+    "ClientStats",
+    "Clock",
+    "ConfigurationError",
+    "DeadlineExceeded",
+    "DecodeError",
+    "DownloadError",
+    "IncompleteDownload",
+    "JournalError",
+    "ModelNotFoundError",
+    "ModelRules",
+    "Outcome",
+    "PermissionDeniedError",
+    "PollPolicy",
+    "Problem",
+    "QuotaExceededError",
+    "RateLimitedError",
+    "RetryPolicy",
+    "ScaledClock",
+    "ServerError",
+    "SubmitOutcomeUnknown",
+    "SystemClock",
+    "TaskCreated",
+    "TaskFailed",
+    "TaskHandle",
+    "TaskNotFound",
+    "TaskSnapshot",
+    "TaskStatus",
+    "Timeouts",
+    "TransportError",
+    "Usage",
+    "ValidationError",
+    "VideoRequest",
+    "VideoResult",
+    "VideoURLExpired",
+    "WanClient",
+    "WanConnectionError",
+    "WanError",
+    "WanTimeoutError",
+    "__version__",
+]
+
+
+def test_all_is_pinned() -> None:
+    """Adding or removing a public name is a deliberate change to this list."""
+    assert wan_async.__all__ == PUBLIC
+    for name in PUBLIC:
+        assert hasattr(wan_async, name), name
+
+
+def test_every_exception_derives_from_wan_error() -> None:
+    """One root for every error the library raises."""
+    errors = [
+        obj
+        for name in PUBLIC
+        if inspect.isclass(obj := getattr(wan_async, name)) and issubclass(obj, BaseException)
+    ]
+    assert errors
+    assert all(issubclass(e, wan_async.WanError) for e in errors)
+
+
+def test_exception_tree_is_drawn_in_the_docstring() -> None:
+    """The tree in _exceptions.py's docstring names every exception class."""
+    from wan_async import _exceptions
+
+    doc = _exceptions.__doc__ or ""
+    for name in PUBLIC:
+        obj = getattr(wan_async, name)
+        if inspect.isclass(obj) and issubclass(obj, BaseException):
+            assert name in doc, name
+
+
+def test_typed_package() -> None:
+    """py.typed ships, and the testing package is public."""
+    assert (Path(wan_async.__file__).parent / "py.typed").exists()
+    assert "FakeGateway" in wan_async.testing.__all__
+    assert wan_async.__version__ == "0.1.0"
