@@ -6,7 +6,9 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import traceback
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 
@@ -85,9 +87,37 @@ class Redactor:
         return "Redactor('***')"
 
 
+async def _interruptible(command: Command, args: argparse.Namespace, ctx: Context) -> int:
+    """Run ``command``; Ctrl-C (or SIGTERM) cancels it cleanly, on every Python version.
+
+    Python 3.11's asyncio turns Ctrl-C into a cancellation of the main task, 3.10's raises
+    KeyboardInterrupt wherever the loop happens to be: catching the signal ourselves makes the
+    command's clean-up (results file, journal, a resume hint) run the same way on both.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return await command(args, ctx)  # signals reach the main thread only
+    interrupted = False
+    async with anyio.create_task_group() as tg:
+        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+
+            async def watch() -> None:
+                nonlocal interrupted
+                async for _ in signals:
+                    interrupted = True
+                    tg.cancel_scope.cancel()
+                    return
+
+            tg.start_soon(watch)
+            code = await command(args, ctx)
+            tg.cancel_scope.cancel()
+    if interrupted:
+        raise KeyboardInterrupt
+    return code
+
+
 def _run(command: Command, args: argparse.Namespace, ctx: Context, redact: Redactor) -> int:
     try:
-        return int(anyio.run(command, args, ctx))
+        return int(anyio.run(_interruptible, command, args, ctx))
     except BaseException as caught:
         error = _leaf(caught)
         if isinstance(error, KeyboardInterrupt):
