@@ -206,3 +206,16 @@ async def test_status_regression_and_unknown_status_keep_polling(gateway: FakeGa
         await handle
     assert TaskStatus.UNKNOWN in seen
     assert seen[-1] is TaskStatus.SUCCESS
+
+
+async def test_attach_to_an_ended_task_costs_nothing(
+    gateway: FakeGateway, client: WanClient
+) -> None:
+    """A task this client saw end is answered from memory: same handle, no request."""
+    handle = await client.submit(request(1))
+    await handle
+    gets = gateway.stats.gets_per_task[handle.task_id]
+    again = client.attach(handle.task_id)
+    assert again is handle
+    assert (await again).task_id == handle.task_id
+    assert gateway.stats.gets_per_task[handle.task_id] == gets

@@ -245,7 +245,8 @@ class WanClient:
     def attach(self, task_id: str) -> TaskHandle:
         """Track a task submitted earlier (elsewhere, or before a restart) by its id.
 
-        Attaching to a task this client already tracks returns the same handle.
+        Attaching to a task this client already tracks (or saw end recently) returns the
+        same handle, at no request.
 
         Raises:
             ValueError: the id is empty.

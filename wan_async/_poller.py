@@ -14,6 +14,7 @@ import heapq
 import logging
 import math
 import random
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 import anyio
@@ -91,6 +92,8 @@ class Poller:
         #: Tasks already due: (-priority, due, sequence, watch), most promising first.
         self._ready: list[tuple[int, float, int, Watch]] = []
         self._watches: dict[str, Watch] = {}
+        #: Handles of recently ended tasks, oldest first: attaching to one costs no request.
+        self._ended: OrderedDict[str, TaskHandle] = OrderedDict()
         self._seq = 0
         self._wakeup = anyio.Event()
         self._skew = 0.0
@@ -121,9 +124,11 @@ class Poller:
         )
 
     def get(self, task_id: str) -> TaskHandle | None:
-        """The handle of a task this poller tracks, if any."""
+        """The handle of a task this poller tracks, or saw end recently, if any."""
         watch = self._watches.get(task_id)
-        return watch.handle if watch is not None else None
+        if watch is not None:
+            return watch.handle
+        return self._ended.get(task_id)
 
     def add_listener(self, listener: StatusListener) -> None:
         """Call ``listener(handle, snapshot)`` whenever a tracked task's status changes."""
@@ -388,7 +393,12 @@ class Poller:
 
     def _finish(self, watch: Watch, result: VideoResult | None, error: WanError | None) -> None:
         watch.active = False
-        self._watches.pop(watch.handle.task_id, None)
+        task_id = watch.handle.task_id
+        self._watches.pop(task_id, None)
+        if not isinstance(error, TaskNotFound):
+            self._ended[task_id] = watch.handle
+            if len(self._ended) > _ENDED_KEPT:
+                self._ended.popitem(last=False)
         if watch.started_at is not None:
             self._running -= 1
         watch.handle._resolve(result, error)
@@ -410,4 +420,6 @@ def _priority(watch: Watch) -> int:
     return 2 if watch.started_at is not None else 1
 
 
+#: How many ended tasks' handles are kept for attach() (a few hundred bytes each).
+_ENDED_KEPT = 4096
 _CLOSED = "the client was closed before the task ended; attach to its id from a new client"
