@@ -219,3 +219,18 @@ async def test_attach_to_an_ended_task_costs_nothing(
     assert again is handle
     assert (await again).task_id == handle.task_id
     assert gateway.stats.gets_per_task[handle.task_id] == gets
+
+
+async def test_a_failing_listener_does_not_stop_the_poller(
+    client: WanClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A listener that raises is logged; tasks still resolve."""
+
+    def broken(handle: TaskHandle, snap: TaskSnapshot) -> None:
+        raise RuntimeError("listener bug")
+
+    client.add_status_listener(broken)
+    handle = await client.submit(request(1))
+    assert (await handle).task_id == handle.task_id
+    assert any("listener" in r.getMessage() for r in caplog.records)
+    client.remove_status_listener(broken)

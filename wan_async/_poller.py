@@ -324,8 +324,12 @@ class Poller:
                 self._notify()
         if previous is None or previous.raw_status != snapshot.raw_status:
             logger.debug("task %s is %s", handle.task_id, snapshot.raw_status)
-            for listener in self._listeners:
-                listener(handle, snapshot)
+            for listener in list(self._listeners):
+                try:
+                    listener(handle, snapshot)
+                except Exception:
+                    # A listener's bug must not stop the poller every other task depends on.
+                    logger.exception("status listener %r failed; the poller goes on", listener)
         if snapshot.is_terminal:
             self._learn_duration(watch, snapshot)
             try:
