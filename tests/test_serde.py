@@ -110,6 +110,7 @@ def test_documented_success() -> None:
     assert result.usage == Usage(video_count=1, video_duration=5, video_ratio="1920*1080")
     assert result.finish_time == datetime.fromtimestamp(1765328947, tz=timezone.utc)
     assert "<OUTPUT_URL>" not in repr(result)
+    assert "<OUTPUT_URL>" not in repr(snap)  # signed URLs stay out of logs
 
 
 def test_documented_failure() -> None:

@@ -102,7 +102,8 @@ class TaskSnapshot:
     #: When the gateway last refreshed the task from upstream.
     updated_at: datetime | None = None
     #: Set on SUCCESS: ``result_url``, else ``fail_reason``, else ``output.video_url``.
-    video_url: str | None = None
+    #: Left out of the repr: its query string is a signature, not for logs.
+    video_url: str | None = attrs.field(default=None, repr=False)
     orig_prompt: str | None = None
     actual_prompt: str | None = None
     usage: Usage | None = None
