@@ -11,7 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, TypeVar
 
 import attrs
 
@@ -135,10 +135,13 @@ def _rich_console(*, force: bool) -> Console | None:
     return Console(stderr=True, force_terminal=True if force else None)
 
 
-class NullDisplay:
-    """Shows nothing (``--quiet``)."""
+_D = TypeVar("_D", bound="_NothingToSetUp")
 
-    def __enter__(self) -> NullDisplay:
+
+class _NothingToSetUp:
+    """A display with nothing to start or stop around its use."""
+
+    def __enter__(self: _D) -> _D:
         return self
 
     def __exit__(
@@ -148,6 +151,10 @@ class NullDisplay:
         tb: TracebackType | None,
     ) -> None:
         return None
+
+
+class NullDisplay(_NothingToSetUp):
+    """Shows nothing (``--quiet``)."""
 
     def note(self, text: str) -> None:
         """Show nothing."""
@@ -159,7 +166,7 @@ class NullDisplay:
         """Show nothing."""
 
 
-class PlainDisplay:
+class PlainDisplay(_NothingToSetUp):
     """Plain lines on stderr: each event, each status change, batch counts now and then."""
 
     def __init__(self, *, now: Callable[[], float] = time.monotonic) -> None:
@@ -167,17 +174,6 @@ class PlainDisplay:
         self._last_status: str | None = None
         self._last_counts: str | None = None
         self._last_at = -float("inf")
-
-    def __enter__(self) -> PlainDisplay:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
 
     def note(self, text: str) -> None:
         """Print the event."""
