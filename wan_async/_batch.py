@@ -181,16 +181,17 @@ class Batch:
 
     def _cut_short_error(self, index: int) -> BaseException:
         task_id = self._task_ids.get(index)
-        where = (
-            f"task {task_id} goes on upstream; attach to it to collect it"
-            if task_id
-            else "it was never submitted"
-        )
         if self._stop_cause is None and anyio.current_time() >= self._scope.deadline:
-            return DeadlineExceeded(f"the batch deadline passed; {where}", task_id=task_id)
+            return DeadlineExceeded(
+                f"the batch deadline passed; {_where(task_id)}", task_id=task_id
+            )
+        return self._aborted(task_id)
+
+    def _aborted(self, task_id: str | None) -> BatchAborted:
+        """The error of an item the batch stopped before it ended."""
         cause = self._stop_cause
         why = f"the batch stopped after {type(cause).__name__}" if cause else "the batch stopped"
-        return BatchAborted(f"{why}; {where}", task_id=task_id, cause=cause)
+        return BatchAborted(f"{why}; {_where(task_id)}", task_id=task_id, cause=cause)
 
     def _halt(self, cause: BaseException) -> None:
         """Stop the batch after ``cause``, gracefully.
@@ -207,12 +208,7 @@ class Batch:
 
     def _check_running(self) -> None:
         if self._stop_cause is not None:
-            raise BatchAborted(
-                f"the batch stopped after {type(self._stop_cause).__name__}; "
-                "it was never submitted",
-                task_id=None,
-                cause=self._stop_cause,
-            )
+            raise self._aborted(None)
 
     def _report(self, outcome: Outcome) -> None:
         self._reported.add(outcome.index)
@@ -282,12 +278,7 @@ class Batch:
                 finally:
                     self._waits.discard(wait)
             if wait.cancelled_caught:
-                why = f"the batch stopped after {type(self._stop_cause).__name__}"
-                stopped = BatchAborted(
-                    f"{why}; task {task_id} goes on upstream; attach to it to collect it",
-                    task_id=task_id,
-                    cause=self._stop_cause,
-                )
+                stopped = self._aborted(task_id)
                 return Outcome(index=index, request=request, task_id=task_id, error=stopped)
         except TimeoutError:
             late = DeadlineExceeded(
@@ -342,3 +333,10 @@ class Batch:
             return handle
         finally:
             self._submitting -= 1
+
+
+def _where(task_id: str | None) -> str:
+    """What became of an item cut short: its task goes on, or it was never sent."""
+    if task_id is None:
+        return "it was never submitted"
+    return f"task {task_id} goes on upstream; attach to it to collect it"

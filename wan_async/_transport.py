@@ -381,9 +381,14 @@ def _decode(
                 task_may_exist=True,
                 hint="the answer is not the API's JSON (truncated, or a proxy's page)",
             )
-        error = parse_error_body(parsed)
-        # Some gateway versions answer a failed query with 200 and a task-shape error.
-        if error.code not in (None, "success") and parsed.get("data") is None:
+        # Some gateway versions answer a failed query with 200 and a task-shape error. A
+        # cheap look first: this runs on every poll, and successes carry "success" or no code.
+        failed = isinstance(parsed.get("error"), dict) or parsed.get("code") not in (
+            None,
+            "",
+            "success",
+        )
+        if failed and parsed.get("data") is None:
             raise _api_error(method, path, status, headers, snippet, parsed, request_id)
         return Answer(status=status, body=parsed, request_id=request_id)
     raise _api_error(method, path, status, headers, snippet, parsed, request_id)
