@@ -20,7 +20,7 @@ from wan_async._serde import (
     snapshot_from_wire,
 )
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "examples"
+EXAMPLES = Path(__file__).resolve().parent / "gateway_examples"
 
 
 def example(name: str) -> Any:

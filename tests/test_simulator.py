@@ -31,7 +31,7 @@ from wan_async.testing import (
 
 pytestmark = pytest.mark.anyio
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "examples"
+EXAMPLES = Path(__file__).resolve().parent / "gateway_examples"
 SUBMIT_PATH = "/v1/video/generations"
 KEY = "sk-test"
 EPOCH = 1_765_328_779.0
