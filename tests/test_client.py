@@ -292,6 +292,33 @@ async def test_connection_refused_is_certainly_not_created(closed_port: int) -> 
     assert info.value.retryable
 
 
+async def test_waiting_for_a_pooled_connection_is_certainly_not_created(
+    gateway: FakeGateway,
+) -> None:
+    """A submit that timed out waiting for a free pooled connection was never sent."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as session:
+        timeouts = Timeouts(connect=0.2, total=0.6)
+        async with make_client(
+            gateway, session=session, timeouts=timeouts, retry=ONE_TRY
+        ) as client:
+            created = await client.create_task(REQUEST)
+            gateway.inject(Fault.SLOW, on="get", delay=1.0)
+
+            async def hold_the_only_connection() -> None:
+                with pytest.raises(WanTimeoutError):
+                    await client.get_task(created.task_id)
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(hold_the_only_connection)
+                await anyio.sleep(0.05)
+                with pytest.raises(WanTimeoutError) as info:
+                    await client.create_task(REQUEST)
+    assert not info.value.task_may_exist
+    assert "before the request was sent" in str(info.value)
+    await anyio.sleep(0.5)  # let the SLOW answer finish server-side before counting
+    assert gateway.stats.tasks_created == 1
+
+
 def test_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
     """Key and URL come from arguments or the environment; bad ones fail at once."""
     monkeypatch.delenv("WAN_API_KEY", raising=False)

@@ -45,6 +45,7 @@ PUBLIC = [
     "TaskStatus",
     "Timeouts",
     "TransportError",
+    "UnexpectedRedirect",
     "Usage",
     "ValidationError",
     "VideoRequest",

@@ -18,6 +18,7 @@ from wan_async import (
     RateLimitedError,
     ServerError,
     TaskNotFound,
+    UnexpectedRedirect,
 )
 from wan_async._transport import _decode
 
@@ -61,6 +62,24 @@ ROWS = [
     (502, HTML, ServerError, True),
     (404, HTML, BadRequestError, True),
     (408, b"", ServerError, True),
+    # Sent after upstream accepted the task: the gateway failed to read or store its answer.
+    (500, task("read_response_body_failed", "unexpected EOF"), ServerError, True),
+    (500, task("unmarshal_response_body_failed", "invalid character"), ServerError, True),
+    (500, task("invalid_response", "no task id in upstream's answer"), ServerError, True),
+    (500, task("insert_task_failed", "database is locked"), ServerError, True),
+    (400, task("insert_task_failed", "remapped by an operator"), BadRequestError, True),
+    # Not on the allow-list: unknown.
+    (500, task("some_new_code", "?"), ServerError, True),
+    (500, middleware("panic (request id: R5)"), ServerError, True),
+    (404, middleware("Invalid URL (request id: R6)"), BadRequestError, True),
+    # Any 429 refuses the request instead of forwarding it, a proxy's page included.
+    (429, HTML, RateLimitedError, False),
+    (429, middleware("rate limit (request id: R7)"), RateLimitedError, False),
+    # Some other 400 of the relay's own checks, before upstream is called.
+    (400, task("invalid_size", "size is not supported"), BadRequestError, False),
+    # A redirect is not the gateway's own answer.
+    (302, HTML, UnexpectedRedirect, True),
+    (307, b"", UnexpectedRedirect, True),
 ]
 
 
@@ -111,3 +130,30 @@ def test_error_envelope_with_200_is_an_error() -> None:
     """Gateways that answer a failed query with 200 and a task-shape error are understood."""
     with pytest.raises(TaskNotFound):
         _decode("GET", "/x", 200, task("task_not_exist", "no such task"), CIMultiDict(), None)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        task("insert_task_failed", "database is locked"),
+        task("do_request_failed", "read tcp: reset"),
+        task("some_new_code", "?"),
+    ],
+)
+def test_error_envelope_with_200_on_submit_is_unknown_unless_allowed(body: bytes) -> None:
+    """A submit answered 200 with an error code off the allow-list leaves the outcome unknown."""
+    with pytest.raises(APIError) as info:
+        _decode("POST", "/v1/video/generations", 200, body, CIMultiDict(), None)
+    assert info.value.task_may_exist
+
+
+def test_redirect_names_where_it_points_without_the_query() -> None:
+    """A 3xx says where the base URL redirects (never a query string) and what to do."""
+    headers = CIMultiDict({"Location": "https://login.example.com/sso?token=secret"})
+    with pytest.raises(UnexpectedRedirect) as info:
+        _decode("POST", "/v1/video/generations", 302, HTML, headers, None)
+    text = str(info.value)
+    assert "https://login.example.com/sso" in text
+    assert "secret" not in text
+    assert "base_url" in text
+    assert not info.value.retryable

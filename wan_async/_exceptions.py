@@ -26,7 +26,8 @@ Every error the library raises derives from :class:`WanError`::
         ├── ModelNotFoundError                 503 model_not_found: no channel serves the model
         ├── RateLimitedError                   429: slow down
         ├── ServerError                        5xx, gateway's JSON or a proxy's page
-        └── DecodeError                        a 2xx answer that is not what the API sends
+        ├── DecodeError                        a 2xx answer that is not what the API sends
+        └── UnexpectedRedirect                 3xx: the base URL points somewhere else
 
 Errors carry what the server said (HTTP status, code, message, request id) and never the API key.
 A download's other failures are the transport errors and :class:`APIError` subclasses above,
@@ -327,6 +328,15 @@ class ServerError(APIError):
     @property
     def retryable(self) -> bool:
         return True
+
+
+class UnexpectedRedirect(APIError):
+    """3xx: something in front of the gateway redirects; redirects are never followed.
+
+    Following one could carry the API key to another address. Every request would get the same
+    answer: set ``base_url`` to the address it redirects to. For a submit the outcome is
+    unknown (SPEC §2: the answer is not the gateway's own).
+    """
 
 
 class DecodeError(APIError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
-from typing import Any, NewType, Optional
+from typing import Any, Literal, NewType, Optional
 
 import attrs
 import cattrs
@@ -360,8 +360,14 @@ class ErrorBody:
     code: str | None
     message: str | None
     request_id: str | None
-    #: True for the gateway's own shapes (middleware or task); False for anything else.
-    from_gateway: bool
+    #: Which of the gateway's own shapes it came in; ``None`` for anything else (a proxy's
+    #: page, a body that is not JSON).
+    shape: Literal["middleware", "task"] | None
+
+    @property
+    def from_gateway(self) -> bool:
+        """Whether the body is in one of the gateway's own error shapes."""
+        return self.shape is not None
 
 
 def parse_error_body(body: object) -> ErrorBody:
@@ -374,7 +380,7 @@ def parse_error_body(body: object) -> ErrorBody:
                 code=_text(error.get("code")) or _text(error.get("type")) or None,
                 message=message,
                 request_id=_request_id_in(message),
-                from_gateway=True,
+                shape="middleware",
             )
         if "code" in body and "message" in body:
             message = _text(body.get("message"))
@@ -382,9 +388,9 @@ def parse_error_body(body: object) -> ErrorBody:
                 code=_text(body.get("code")) or None,
                 message=message,
                 request_id=_request_id_in(message),
-                from_gateway=True,
+                shape="task",
             )
-    return ErrorBody(code=None, message=None, request_id=None, from_gateway=False)
+    return ErrorBody(code=None, message=None, request_id=None, shape=None)
 
 
 def _request_id_in(message: str | None) -> str | None:

@@ -4,10 +4,14 @@ Every aiohttp exception and every non-2xx answer is translated here, once, into 
 :mod:`wan_async._exceptions`. Each translated error knows whether a failed submit may still have
 created a task (``task_may_exist``, SPEC §2):
 
-* certainly not created: the connection could not be opened, or the gateway itself answered
-  with one of its JSON error shapes (except ``do_request_failed``);
-* outcome unknown: the request was sent and then the connection broke or timed out, or the
-  answer is not the gateway's own (a proxy's HTML page, a truncated body).
+* certainly not created, an allow-list: the connection could not be opened, or the request was
+  provably never written (a wait for a pooled connection or for DNS that timed out: aiohttp's
+  request trace says whether the headers went out); the gateway's own JSON errors that it only
+  sends before or instead of creating a task (see :func:`certainly_not_created`); and any 429;
+* outcome unknown: everything else. The request was sent and then the connection broke or timed
+  out; the answer is not the gateway's own (a proxy's HTML page, a truncated body, a 3xx); a
+  gateway error sent after upstream accepted the task (``do_request_failed``,
+  ``read_response_body_failed``, ``insert_task_failed``, ...) or with a code we do not know.
 
 :meth:`Transport.stream` fetches a finished video from the object-storage host (SPEC §3.3)
 through the same session: without the gateway's key, and logging the URL without its query
@@ -24,6 +28,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator, Iterator, Mapping
+from types import SimpleNamespace
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
@@ -45,10 +50,11 @@ from ._exceptions import (
     ServerError,
     TaskNotFound,
     TransportError,
+    UnexpectedRedirect,
     WanConnectionError,
     WanTimeoutError,
 )
-from ._serde import parse_error_body
+from ._serde import ErrorBody, parse_error_body
 from ._version import __version__
 
 logger = logging.getLogger("wan_async")
@@ -61,9 +67,48 @@ _ERROR_BODY_LIMIT = 4096
 _XML_FIELD = {
     name: re.compile(rf"<{name}>([^<]{{0,300}})</{name}>") for name in ("Code", "Message")
 }
-#: Upstream's own call broke mid-way: the gateway cannot tell whether upstream made the task.
-_UNKNOWN_OUTCOME_CODES = frozenset({"do_request_failed"})
 _QUOTA_CODES = frozenset({"quota_not_enough", "insufficient_user_quota"})
+#: Task-shape codes the gateway sends only before or instead of calling upstream (SPEC §2 b):
+#: upstream refused the task, the relay's own validation, the account's quota.
+_NOT_CREATED_CODES = frozenset(
+    {"fail_to_fetch_task", "invalid_json", "missing_model", "invalid_request", *_QUOTA_CODES}
+)
+#: Codes the gateway sends after upstream may have accepted the task: it failed to reach,
+#: read or store upstream's answer. Never "certainly not created", whatever the HTTP status.
+_AFTER_CREATE_CODES = frozenset(
+    {
+        "do_request_failed",
+        "read_response_body_failed",
+        "unmarshal_response_body_failed",
+        "invalid_response",
+        "insert_task_failed",
+    }
+)
+#: Statuses of the middleware's ``{"error": ...}`` shape, which answers before the relay runs:
+#: no key or a bad one, a key not allowed, the key's rate limit, no channel for the model.
+_MIDDLEWARE_NOT_CREATED = frozenset({401, 403, 429, 503})
+
+
+def certainly_not_created(status: int, error: ErrorBody) -> bool:
+    """Whether an error answer to a submit proves that no task was created (SPEC §2 b).
+
+    An allow-list: what is not on it leaves the outcome unknown. Any 429 is on it, the
+    gateway's or a proxy's page alike: whoever answers 429 refuses the request instead of
+    forwarding it (nginx ``limit_req``, a CDN's or API gateway's rate limit), and the gateway's
+    own 429s all come before upstream is called.
+    """
+    if status == 429:
+        return True
+    if error.shape == "middleware":
+        return status in _MIDDLEWARE_NOT_CREATED or error.code in _QUOTA_CODES
+    if error.shape == "task":
+        if error.code in _AFTER_CREATE_CODES:
+            return False
+        if error.code in _NOT_CREATED_CODES:
+            return True
+        # Any other 400 of the gateway's own comes from the relay's checks before upstream.
+        return status == 400 and error.code is not None
+    return False
 
 
 @attrs.frozen(kw_only=True)
@@ -96,13 +141,22 @@ class Transport:
     ) -> None:
         self._base_url = base_url
         self._api_key = api_key
+        # ``connect`` bounds everything before the request is written (a pooled connection,
+        # DNS, the TCP and TLS handshakes): it fails as ConnectionTimeoutError, which proves
+        # nothing was sent, before ``total`` could fire and leave that in doubt.
         self._timeout = aiohttp.ClientTimeout(
-            total=timeouts.total, sock_connect=timeouts.connect, sock_read=timeouts.read
+            total=timeouts.total,
+            connect=timeouts.connect,
+            sock_connect=timeouts.connect,
+            sock_read=timeouts.read,
         )
         # No total for a stream: a big video on a slow link may rightly take longer than any
         # one API exchange; a stalled one still trips the per-read limit.
         self._stream_timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=timeouts.connect, sock_read=timeouts.read
+            total=None,
+            connect=timeouts.connect,
+            sock_connect=timeouts.connect,
+            sock_read=timeouts.read,
         )
         self._session = session
         self._owns_session = session is None
@@ -116,6 +170,7 @@ class Transport:
             self._session = aiohttp.ClientSession(
                 headers={"User-Agent": f"wan-async/{__version__}"},
                 connector=aiohttp.TCPConnector(limit=100),
+                trace_configs=[_SENT_TRACE],
             )
         return self._session
 
@@ -143,6 +198,9 @@ class Transport:
         """
         session = self._get_session()
         data = None if body is None else json.dumps(body, ensure_ascii=False).encode()
+        # Told by _SENT_TRACE when the request's headers go out; a session passed in has no
+        # such trace, and then only a failure to connect proves nothing was sent.
+        sent = _Sent(traced=_SENT_TRACE in session.trace_configs)
         started = time.monotonic()
         try:
             async with session.request(
@@ -153,13 +211,15 @@ class Transport:
                 | ({"Content-Type": "application/json"} if data is not None else {}),
                 timeout=self._timeout,
                 allow_redirects=False,
+                trace_request_ctx=sent,
             ) as response:
                 raw = await response.read()
                 status = response.status
                 headers = response.headers
-        except aiohttp.ConnectionTimeoutError as exc:
+        except aiohttp.ConnectionTimeoutError:
             raise WanTimeoutError(
-                f"timed out opening the connection ({exc})",
+                "timed out before the request was sent (waiting for a connection, DNS or "
+                "the handshake)",
                 method=method,
                 path=path,
                 task_may_exist=False,
@@ -172,6 +232,13 @@ class Transport:
                 task_may_exist=False,
             ) from None
         except asyncio.TimeoutError:
+            if not sent.maybe:
+                raise WanTimeoutError(
+                    "timed out before the request was sent",
+                    method=method,
+                    path=path,
+                    task_may_exist=False,
+                ) from None
             raise WanTimeoutError(
                 "timed out waiting for the answer after the request was sent",
                 method=method,
@@ -186,11 +253,12 @@ class Transport:
                 task_may_exist=True,
             ) from None
         except (aiohttp.ClientError, OSError) as exc:
+            when = "after the request was sent" if sent.maybe else "before the request was sent"
             raise WanConnectionError(
-                f"the connection broke after the request was sent ({type(exc).__name__}: {exc})",
+                f"the connection broke {when} ({type(exc).__name__}: {exc})",
                 method=method,
                 path=path,
-                task_may_exist=True,
+                task_may_exist=sent.maybe,
             ) from None
         elapsed = time.monotonic() - started
         request_id = _header_request_id(headers)
@@ -253,6 +321,42 @@ class Transport:
         finally:
             # Hands a fully read connection back to the pool and closes one cut short.
             response.release()
+
+
+class _Sent:
+    """Whether a request may have reached the wire, as its trace tells."""
+
+    __slots__ = ("headers_sent", "traced")
+
+    def __init__(self, *, traced: bool) -> None:
+        self.traced = traced
+        self.headers_sent = False
+
+    @property
+    def maybe(self) -> bool:
+        """False only when the trace proves the request was never written."""
+        return self.headers_sent or not self.traced
+
+
+async def _on_headers_sent(
+    session: aiohttp.ClientSession,
+    context: SimpleNamespace,
+    params: aiohttp.TraceRequestHeadersSentParams,
+) -> None:
+    sent = context.trace_request_ctx
+    if isinstance(sent, _Sent):
+        sent.headers_sent = True
+
+
+def _sent_trace() -> aiohttp.TraceConfig:
+    trace = aiohttp.TraceConfig()
+    trace.on_request_headers_sent.append(_on_headers_sent)
+    trace.freeze()
+    return trace
+
+
+#: One frozen trace config, shared by the sessions this module creates.
+_SENT_TRACE = _sent_trace()
 
 
 class Stream:
@@ -412,6 +516,8 @@ def _api_error(
 ) -> APIError:
     error = parse_error_body(parsed)
     cls, hint = _classify(status, error.code, from_gateway=error.from_gateway)
+    if 300 <= status < 400:
+        hint = _redirect_hint(headers.get("Location"))
     return cls(
         method=method,
         path=path,
@@ -421,8 +527,16 @@ def _api_error(
         request_id=request_id or error.request_id,
         snippet=None if error.from_gateway else snippet,
         retry_after=parse_retry_after(headers.get("Retry-After")),
-        task_may_exist=not error.from_gateway or error.code in _UNKNOWN_OUTCOME_CODES,
+        task_may_exist=not certainly_not_created(status, error),
         hint=hint,
+    )
+
+
+def _redirect_hint(location: str | None) -> str:
+    where = f" to {redact_url(location)}" if location else ""
+    return (
+        f"the base URL redirects{where}; redirects are not followed (the key must not travel "
+        "elsewhere): set base_url to the gateway's own address"
     )
 
 
@@ -443,6 +557,8 @@ def _classify(status: int, code: str | None, *, from_gateway: bool) -> tuple[typ
     if status == 408 or status >= 500:
         where = "the gateway or upstream" if from_gateway else "a proxy in front of the gateway"
         return ServerError, f"{where} failed; retrying later may work"
+    if 300 <= status < 400:
+        return UnexpectedRedirect, ""
     if 400 <= status < 500:
         if not from_gateway:
             return BadRequestError, "not the gateway's own answer: check the base URL"
