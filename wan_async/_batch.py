@@ -11,6 +11,7 @@ import contextlib
 import math
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Protocol
 
 import anyio
@@ -27,6 +28,7 @@ from ._exceptions import (
     TaskFailed,
     TaskNotFound,
     WanError,
+    reraise,
 )
 from ._handle import TaskHandle
 from ._journal import Journal
@@ -51,6 +53,15 @@ class Outcome:
     error: BaseException | None = None
     #: Where the video was saved, when the batch was given a ``download_dir``.
     path: Path | None = None
+    #: The error's traceback as it was stored: unwrap() raises with it every time.
+    _error_traceback: TracebackType | None = attrs.field(
+        init=False,
+        repr=False,
+        eq=False,
+        default=attrs.Factory(
+            lambda self: None if self.error is None else self.error.__traceback__, takes_self=True
+        ),
+    )
 
     @property
     def ok(self) -> bool:
@@ -60,7 +71,7 @@ class Outcome:
     def unwrap(self) -> VideoResult:
         """Return the result, or raise the item's error."""
         if self.error is not None:
-            raise self.error
+            reraise(self.error, self._error_traceback)
         assert self.result is not None
         return self.result
 

@@ -39,7 +39,8 @@ a task anyway: see :class:`SubmitOutcomeUnknown`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from types import TracebackType
+from typing import TYPE_CHECKING, NoReturn
 
 import attrs
 
@@ -121,8 +122,12 @@ class TaskFailed(WanError):
 class DeadlineExceeded(WanError, TimeoutError):
     """A wait or a batch ran out of time; a submitted task goes on and can be attached later."""
 
-    def __init__(self, message: str, *, task_id: str | None = None) -> None:
+    def __init__(
+        self, message: str, *, task_id: str | None = None, last_status: str | None = None
+    ) -> None:
         self.task_id = task_id
+        #: The task's status as last seen (as the gateway spelled it), if it was ever seen.
+        self.last_status = last_status
         super().__init__(message)
 
 
@@ -345,6 +350,15 @@ class DecodeError(APIError):
     @property
     def retryable(self) -> bool:
         return True
+
+
+def reraise(error: BaseException, traceback: TracebackType | None) -> NoReturn:
+    """Raise a stored error again with the traceback it was stored with.
+
+    A plain ``raise error`` adds the raising frames to the same traceback object on every
+    await of a settled handle, which then grows without bound.
+    """
+    raise error.with_traceback(traceback)
 
 
 def _short_repr(value: object, limit: int = 80) -> str:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Generator
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from ._clock import Clock
-from ._exceptions import WanError
+from ._exceptions import DeadlineExceeded, WanError, reraise
 from ._models import TaskSnapshot, TaskStatus, VideoRequest, VideoResult
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ class TaskHandle:
         "_clock",
         "_done",
         "_error",
+        "_error_traceback",
         "_result",
         "_snapshot",
         "_watch",
@@ -51,6 +53,7 @@ class TaskHandle:
         self._done = anyio.Event()
         self._result: VideoResult | None = None
         self._error: BaseException | None = None
+        self._error_traceback: TracebackType | None = None
         self._watch: Watch | None = None
 
     def __repr__(self) -> str:
@@ -81,7 +84,7 @@ class TaskHandle:
             msg = f"task {self.task_id} has not finished; await it first"
             raise RuntimeError(msg)
         if self._error is not None:
-            raise self._error
+            reraise(self._error, self._error_traceback)
         assert self._result is not None
         return self._result
 
@@ -96,17 +99,32 @@ class TaskHandle:
             timeout: clock seconds to wait at most; the task stays tracked after a timeout.
 
         Raises:
-            TimeoutError: the timeout passed first.
+            DeadlineExceeded: (also a ``TimeoutError``) the timeout passed first; it names the
+                task and its last status, and the task stays tracked.
             TaskFailed: the task ended in FAILURE.
             TaskNotFound: the gateway knows no such task.
             ClientClosedError: the client closed before the task ended.
+            WanError: the task's status could not be checked for good (see
+                :class:`~wan_async.PollPolicy`): a rejected key, a refused query, a gateway
+                that stayed unreachable.
         """
         if timeout is None:
             await self._done.wait()
         else:
-            with anyio.fail_after(max(0.0, timeout) / self._clock.scale):
+            with anyio.move_on_after(max(0.0, timeout) / self._clock.scale):
                 await self._done.wait()
+            if not self._done.is_set():
+                raise self._timed_out(timeout)
         return self.result()
+
+    def _timed_out(self, timeout: float) -> DeadlineExceeded:
+        seen = self._snapshot.raw_status if self._snapshot is not None else None
+        last = f"last seen {seen}" if seen else "not seen by a status check yet"
+        msg = (
+            f"task {self.task_id} did not end within {timeout:g} s ({last}); it goes on "
+            "upstream and stays tracked: wait again, or attach to it later"
+        )
+        return DeadlineExceeded(msg, task_id=self.task_id, last_status=seen)
 
     def __await__(self) -> Generator[Any, None, VideoResult]:
         return self.wait().__await__()
@@ -121,6 +139,7 @@ class TaskHandle:
         if self._done.is_set():
             return False
         self._result, self._error = result, error
+        self._error_traceback = None if error is None else error.__traceback__
         self._done.set()
         return True
 
