@@ -1,9 +1,12 @@
 """One request budget for the whole client: submits and polls draw from the same bucket.
 
 A token bucket refilled at ``rate`` requests per clock second. A 429 from anywhere halves the
-rate at once (multiplicative decrease, at most once per ``cooldown``); every quiet ``cooldown``
-afterwards gives back a tenth of the configured rate (additive increase), so a storm of 429s
-slows the client down instead of turning into a storm of retries.
+rate at once (multiplicative decrease, at most once per ``cooldown``, so one burst of 429s
+counts once); 429s that keep coming keep halving it, once per ``cooldown``, down to
+``min_rate``. Only a ``cooldown`` without any 429 gives back a tenth of the configured rate
+(additive increase), and every further quiet ``cooldown`` another tenth: a storm of 429s
+drives the rate below the gateway's limit and keeps it there, and the rate recovers once the
+storm is over.
 """
 
 from __future__ import annotations
@@ -53,7 +56,10 @@ class RateBudget:
         self._cooldown = cooldown
         self._tokens = float(self._burst)
         self._stamp = clock.monotonic()
-        self._last_throttle = float("-inf")
+        #: When the rate was last halved.
+        self._last_decrease = float("-inf")
+        #: When the current recovery step began: the last 429, or the last step.
+        self._quiet_since = float("-inf")
         self._lock = anyio.Lock()
         self._granted = 0
         self._throttles = 0
@@ -90,16 +96,18 @@ class RateBudget:
     def throttled(self) -> None:
         """Record a 429: halve the rate (once per cooldown) and drain the bucket."""
         now = self._clock.monotonic()
-        self._throttles += 1
-        self._tokens = 0.0
-        if now - self._last_throttle < self._cooldown:
-            return
-        self._last_throttle = now
         if self._rate is None:
             # Unlimited until told otherwise: start from a rate the gateway documents as safe.
             self._max_rate = 20.0
             self._rate = 20.0
+            self._stamp = now
         self._refill(now)
+        self._throttles += 1
+        self._tokens = 0.0
+        self._quiet_since = now
+        if now - self._last_decrease < self._cooldown:
+            return  # the same burst of 429s, already answered
+        self._last_decrease = now
         self._rate = max(self._min_rate, self._rate / 2)
         self._lowest = self._rate if self._lowest is None else min(self._lowest, self._rate)
 
@@ -110,9 +118,10 @@ class RateBudget:
         self._stamp = now
 
     def _recover(self, now: float) -> None:
+        """Give back a tenth of the configured rate per ``cooldown`` without any 429."""
         if self._rate is None or self._max_rate is None or self._rate >= self._max_rate:
             return
-        steps = int((now - self._last_throttle) / self._cooldown)
+        steps = int((now - self._quiet_since) / self._cooldown)
         if steps > 0:
             self._rate = min(self._max_rate, self._rate + steps * self._max_rate / 10)
-            self._last_throttle += steps * self._cooldown
+            self._quiet_since += steps * self._cooldown
