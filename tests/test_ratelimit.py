@@ -66,28 +66,30 @@ def test_the_rate_recovers_step_by_step_once_quiet() -> None:
 async def test_a_429_storm_is_absorbed_below_the_gateways_limit() -> None:
     """Against a gateway limited to 1 request/s, 429s die down instead of going on at 5/s."""
     clock = ScaledClock(SCALE)
-    async with FakeGateway(
-        clock=clock, rate_limit=1.0, rate_burst=2, processing_time=fixed_processing(900)
-    ) as gw:
-        async with make_client(gw, max_requests_per_second=20.0) as client:
-            created = await client.create_task(VideoRequest(prompt="p", model="wan2.6-t2v"))
-            start = clock.monotonic()
-            answers: list[tuple[float, bool]] = []
+    async with (
+        FakeGateway(
+            clock=clock, rate_limit=1.0, rate_burst=2, processing_time=fixed_processing(900)
+        ) as gw,
+        make_client(gw, max_requests_per_second=20.0) as client,
+    ):
+        created = await client.create_task(VideoRequest(prompt="p", model="wan2.6-t2v"))
+        start = clock.monotonic()
+        answers: list[tuple[float, bool]] = []
 
-            async def poll_as_fast_as_allowed() -> None:
-                while (now := clock.monotonic() - start) < 300:
-                    await client._budget.acquire()
-                    try:
-                        await client._get_once(created.task_id)
-                    except RateLimitedError:
-                        client._budget.throttled()
-                        answers.append((now, True))
-                    else:
-                        answers.append((now, False))
+        async def poll_as_fast_as_allowed() -> None:
+            while (now := clock.monotonic() - start) < 300:
+                await client._budget.acquire()
+                try:
+                    await client._get_once(created.task_id)
+                except RateLimitedError:
+                    client._budget.throttled()
+                    answers.append((now, True))
+                else:
+                    answers.append((now, False))
 
-            async with anyio.create_task_group() as tg:
-                for _ in range(8):
-                    tg.start_soon(poll_as_fast_as_allowed)
+        async with anyio.create_task_group() as tg:
+            for _ in range(8):
+                tg.start_soon(poll_as_fast_as_allowed)
     late = [limited for at, limited in answers if at >= 150]
     # Without convergence the rate stays at 5/s or more and most late answers are 429s.
     assert sum(late) <= 0.35 * len(late)
