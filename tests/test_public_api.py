@@ -35,6 +35,7 @@ PUBLIC = [
     "RetryPolicy",
     "ScaledClock",
     "ServerError",
+    "StatusUnavailable",
     "SubmitOutcomeUnknown",
     "SystemClock",
     "TaskCreated",

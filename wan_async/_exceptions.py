@@ -11,6 +11,7 @@ Every error the library raises derives from :class:`WanError`::
     ├── BatchAborted                           a batch item was not run to its end
     ├── JournalError                           a batch journal cannot be used
     ├── SubmitOutcomeUnknown                   a submit was sent, its answer was lost
+    ├── StatusUnavailable                      a task's status checks kept failing
     ├── DownloadError                          a video could not be saved from the storage host
     │   ├── VideoURLExpired                    signed URL refused (valid 24 h): get a fresh one
     │   └── IncompleteDownload                 the body's length is not its Content-Length
@@ -171,6 +172,24 @@ class SubmitOutcomeUnknown(WanError):
             f"at unix time {submitted_at:.0f} but its answer was lost ({why}); a task may "
             "exist and be billed. It was not resubmitted: check the gateway's task list, or "
             "resubmit yourself if a duplicate is acceptable"
+        )
+
+
+class StatusUnavailable(WanError):
+    """A task's status checks kept failing for ``PollPolicy.give_up_after`` seconds.
+
+    The gateway was unreachable, failing or answering what cannot be read for that long. The
+    task itself may still run upstream: attach to its id later. ``cause`` is the last error.
+    """
+
+    def __init__(self, *, task_id: str, failing_for: float, cause: WanError) -> None:
+        self.task_id = task_id
+        self.failing_for = failing_for
+        self.cause = cause
+        super().__init__(
+            f"the status of task {task_id} could not be checked for {failing_for:.0f} s "
+            f"(last error: {cause}); the task may still run upstream: attach to it later, "
+            "once the gateway answers again"
         )
 
 

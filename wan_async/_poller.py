@@ -24,10 +24,15 @@ from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._clock import Clock
 from ._exceptions import (
+    AuthenticationError,
+    BadRequestError,
     ClientClosedError,
+    PermissionDeniedError,
     RateLimitedError,
+    StatusUnavailable,
     TaskFailed,
     TaskNotFound,
+    UnexpectedRedirect,
     WanError,
 )
 from ._handle import TaskHandle
@@ -36,6 +41,9 @@ from ._ratelimit import RateBudget
 from ._schedule import DurationKey, DurationModel, PollPolicy, RefreshEstimate, next_check
 
 logger = logging.getLogger("wan_async")
+
+#: Errors of a status check that every other task's check would meet too.
+_CLIENT_WIDE = (AuthenticationError, PermissionDeniedError, UnexpectedRedirect)
 
 Fetch = Callable[[str], Awaitable[TaskSnapshot]]
 StatusListener = Callable[[TaskHandle, TaskSnapshot], None]
@@ -53,6 +61,8 @@ class Watch:
     refreshed_at: float | None = None
     started_at: float | None = None
     errors: int = 0
+    #: Gateway time of the first of the current run of failed checks.
+    failing_since: float | None = None
     active: bool = True
 
 
@@ -89,8 +99,8 @@ class Poller:
         #: (next check, sequence, watch), earliest first; entries whose time no longer matches
         #: the watch's are stale and skipped.
         self._heap: list[tuple[float, int, Watch]] = []
-        #: Tasks already due: (-priority, due, sequence, watch), most promising first.
-        self._ready: list[tuple[int, float, int, Watch]] = []
+        #: Tasks already due: (order, due, sequence, watch), see _ready_key().
+        self._ready: list[tuple[float, float, int, Watch]] = []
         self._watches: dict[str, Watch] = {}
         #: Handles of recently ended tasks, oldest first: attaching to one costs no request.
         self._ended: OrderedDict[str, TaskHandle] = OrderedDict()
@@ -223,10 +233,11 @@ class Poller:
         """Move every task due now from the time heap to the ready heap (best first)."""
         now = self._gateway_now()
         heap, ready = self._heap, self._ready
+        period = self._refresh.period
         while heap and heap[0][0] <= now:
             due, seq, watch = heapq.heappop(heap)
             if watch.active and due == watch.next_at:
-                heapq.heappush(ready, (-_priority(watch), due, seq, watch))
+                heapq.heappush(ready, (_ready_key(watch, due, period), due, seq, watch))
 
     async def _wait_until_due(self) -> None:
         while True:
@@ -265,8 +276,6 @@ class Poller:
         self._polls += 1
         try:
             snapshot = await self._fetch(task_id)
-        except TaskNotFound as exc:
-            self._finish(watch, None, exc)
         except ClientClosedError:
             return
         except RateLimitedError as exc:
@@ -276,16 +285,64 @@ class Poller:
             wait = max(exc.retry_after or 0.0, self._refresh.period / 3)
             logger.debug("poll of %s rate-limited; next in %.1fs", task_id, wait)
             self._reschedule(watch, self._gateway_now() + wait)
+        except _CLIENT_WIDE as exc:
+            # The key (or the base URL) is refused: every other task's check would be too.
+            self._poll_errors += 1
+            if watch.active:  # else: failed already, with the checks that were under way
+                self._fail_all(exc)
+        except (TaskNotFound, BadRequestError) as exc:
+            # This query is refused as it stands: asking again cannot change the answer.
+            self._poll_errors += 1
+            self._finish(watch, None, exc)
         except WanError as exc:
             self._poll_errors += 1
-            watch.errors += 1
-            first, longest = self._policy.error_backoff
-            wait = min(longest, first * 2 ** (watch.errors - 1)) * (0.5 + self._rng.random())
-            logger.debug("poll of %s failed (%s); retrying in %.1fs", task_id, exc, wait)
-            self._reschedule(watch, self._gateway_now() + wait)
+            self._failed_transiently(watch, exc)
+        except Exception as exc:  # a bug must fail one handle, never stop the poller
+            logger.exception("checking task %s failed unexpectedly", task_id)
+            self._finish(watch, None, exc)
         else:
+            if not watch.active:
+                return  # failed meanwhile with the rest (a rejected key), or closed
             watch.errors = 0
+            watch.failing_since = None
             self._apply(watch, snapshot)
+
+    def _failed_transiently(self, watch: Watch, error: WanError) -> None:
+        """Check again after a back-off, until the failures have lasted ``give_up_after``."""
+        task_id = watch.handle.task_id
+        now = self._gateway_now()
+        if watch.failing_since is None:
+            watch.failing_since = now
+        failing_for = now - watch.failing_since
+        if failing_for >= self._policy.give_up_after:
+            logger.warning(
+                "giving up on the status of %s after %.0fs of failures: %s",
+                task_id,
+                failing_for,
+                error,
+            )
+            unavailable = StatusUnavailable(
+                task_id=task_id, failing_for=failing_for, cause=error
+            )
+            self._finish(watch, None, unavailable)
+            return
+        watch.errors += 1
+        first, longest = self._policy.error_backoff
+        wait = min(longest, first * 2 ** (watch.errors - 1)) * (0.5 + self._rng.random())
+        logger.debug("poll of %s failed (%s); retrying in %.1fs", task_id, error, wait)
+        self._reschedule(watch, now + wait)
+
+    def _fail_all(self, error: WanError) -> None:
+        """Fail every tracked task with ``error``, which no task's check can get past."""
+        watches = list(self._watches.values())
+        logger.error(
+            "status checks are refused for every task (%s); failing the %d tracked task%s",
+            error,
+            len(watches),
+            "" if len(watches) == 1 else "s",
+        )
+        for watch in watches:
+            self._finish(watch, None, error)
 
     def _reschedule(self, watch: Watch, when: float) -> None:
         if watch.active:
@@ -395,11 +452,17 @@ class Poller:
         if sample < self._skew:
             self._skew = sample
 
-    def _finish(self, watch: Watch, result: VideoResult | None, error: WanError | None) -> None:
+    def _finish(
+        self, watch: Watch, result: VideoResult | None, error: BaseException | None
+    ) -> None:
+        if not watch.active:
+            return
         watch.active = False
         task_id = watch.handle.task_id
         self._watches.pop(task_id, None)
-        if not isinstance(error, TaskNotFound):
+        if error is None or isinstance(error, TaskFailed):
+            # Ended upstream for good: attach() answers from memory. Any other error is this
+            # client's trouble, and a later attach() should ask again.
             self._ended[task_id] = watch.handle
             if len(self._ended) > _ENDED_KEPT:
                 self._ended.popitem(last=False)
@@ -418,10 +481,16 @@ def _earliest_start(snapshot: TaskSnapshot, period: float) -> float:
     return snapshot.start_time.timestamp() - period
 
 
-def _priority(watch: Watch) -> int:
-    if watch.errors:
-        return 0
-    return 2 if watch.started_at is not None else 1
+def _ready_key(watch: Watch, due: float, period: float) -> float:
+    """Order of the tasks due at once, smallest first: the earliest due, with a head start
+    of up to two refresh periods for the tasks most likely to have ended (seen running).
+
+    A head start and not a rank: a task that has waited longer than it always comes first,
+    so none starves when the request budget cannot serve every due task (a task whose last
+    check failed included).
+    """
+    head_start = 2 if watch.started_at is not None else 1
+    return due - head_start * period
 
 
 #: How many ended tasks' handles are kept for attach() (a few hundred bytes each).

@@ -69,6 +69,11 @@ class PollPolicy:
             seen to finish; default: half the prior for its model, size and duration.
         max_concurrent_polls: GETs in flight at once.
         error_backoff: first and longest wait after a failed GET, in clock seconds.
+        give_up_after: clock seconds a task's status checks may keep failing (connection
+            errors, timeouts, 5xx, answers that do not parse) before its handle fails with
+            :class:`~wan_async.StatusUnavailable`; 429s do not count, they only slow down.
+            Errors that cannot go away by waiting (a rejected key, a refused query) fail
+            handles at once.
     """
 
     refresh_period: float = attrs.field(default=15.0, validator=attrs.validators.gt(0))
@@ -76,6 +81,7 @@ class PollPolicy:
     shortest_duration: float | None = None
     max_concurrent_polls: int = attrs.field(default=4, validator=attrs.validators.ge(1))
     error_backoff: tuple[float, float] = (2.0, 120.0)
+    give_up_after: float = attrs.field(default=600.0, validator=attrs.validators.gt(0))
 
 
 class DurationModel:

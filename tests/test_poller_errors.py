@@ -1,0 +1,131 @@
+"""Status checks that fail: permanent errors end handles at once, transient ones in bounded time."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import statistics
+
+import anyio
+import pytest
+
+from wan_async import (
+    AuthenticationError,
+    BadRequestError,
+    PollPolicy,
+    StatusUnavailable,
+    TaskNotFound,
+    VideoRequest,
+    WanClient,
+    WanConnectionError,
+)
+from wan_async.testing import FakeGateway, Fault, ScaledClock
+
+from .conftest import SCALE, fixed_processing, make_client
+
+pytestmark = pytest.mark.anyio
+
+
+def request(i: int) -> VideoRequest:
+    """A distinct prompt per item."""
+    return VideoRequest(prompt=f"scene {i}", model="wan2.6-t2v")
+
+
+async def test_a_rejected_key_fails_every_handle_once_with_one_message(
+    gateway: FakeGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 401 on a status check fails every tracked handle at once with that error, logged once."""
+    async with make_client(gateway) as client:
+        ids = [(await client.create_task(request(i))).task_id for i in range(3)]
+    caplog.set_level(logging.ERROR, logger="wan_async")
+    async with make_client(gateway, api_key="sk-wrong") as wrong:
+        handles = [wrong.attach(task_id) for task_id in ids]
+        with anyio.fail_after(5):
+            for handle in handles:
+                with pytest.raises(AuthenticationError):
+                    await handle
+        assert wrong.stats.poller.outstanding == 0
+        assert wrong.stats.poller.polls <= 4  # not one retry per task, forever
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1
+    assert "3 tracked tasks" in errors[0].getMessage()
+    assert "sk-wrong" not in caplog.text
+
+
+async def test_a_refused_query_fails_that_handle_at_once(gateway: FakeGateway) -> None:
+    """A 400 that is not task_not_exist (here a base URL with a stray prefix) is not retried."""
+    async with make_client(gateway, base_url=gateway.base_url + "/stray") as client:
+        handle = client.attach("task_abc")
+        with anyio.fail_after(5), pytest.raises(BadRequestError) as info:
+            await handle
+    assert not isinstance(info.value, TaskNotFound)
+    assert client.stats.poller.polls == 1
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port with nothing listening."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+async def test_a_gateway_that_stays_down_is_reported_after_give_up_after(
+    closed_port: int,
+) -> None:
+    """Checks failing for give_up_after clock seconds end the wait with StatusUnavailable."""
+    clock = ScaledClock(SCALE)
+    policy = PollPolicy(give_up_after=120)
+    async with WanClient(
+        api_key="k", base_url=f"http://127.0.0.1:{closed_port}", clock=clock, poll_policy=policy
+    ) as client:
+        handle = client.attach("task_abc")
+        started = clock.monotonic()
+        with anyio.fail_after(5), pytest.raises(StatusUnavailable) as info:
+            await handle
+        waited = clock.monotonic() - started
+    error = info.value
+    assert error.task_id == "task_abc"
+    assert isinstance(error.cause, WanConnectionError)
+    assert 120 <= error.failing_for <= waited
+    assert "task_abc" in str(error)
+    assert "attach to it later" in str(error)
+
+
+async def test_a_gateway_back_before_give_up_after_loses_nothing() -> None:
+    """Failures shorter than give_up_after are retried and the task still succeeds."""
+    async with FakeGateway(clock=ScaledClock(SCALE), processing_time=fixed_processing(60)) as gw:
+        gw.inject(Fault.BAD_GATEWAY_HTML, on="get", times=4)
+        async with make_client(gw, poll_policy=PollPolicy(give_up_after=600)) as client:
+            result = await client.generate(request(0))
+    assert result.video_url
+
+
+async def test_a_task_whose_check_failed_is_not_starved_by_a_saturated_budget() -> None:
+    """Under a budget too small for every due check, a task whose check failed gets its turn."""
+    clock = ScaledClock(SCALE)
+    policy = PollPolicy(error_backoff=(2, 2))
+    async with (
+        FakeGateway(clock=clock, slots=40, processing_time=fixed_processing(3600)) as gw,
+        make_client(gw, max_requests_per_second=0.5, poll_policy=policy) as client,
+    ):
+        handles = [await client.submit(request(i)) for i in range(30)]
+        await clock.sleep(60)
+        injected_at = clock.time()
+        gw.inject(Fault.SERVER_ERROR, on="get")
+        while gw.pending_faults:
+            await clock.sleep(1)
+        before = {h.task_id: gw.stats.gets_per_task[h.task_id] for h in handles}
+        await clock.sleep(1800)
+    # The 500 answered the first GET after the injection.
+    failed = min(
+        handles,
+        key=lambda h: min(
+            (t for t in gw.task(h.task_id).get_times if t >= injected_at), default=float("inf")
+        ),
+    ).task_id
+    counts = {h.task_id: gw.stats.gets_per_task[h.task_id] - before[h.task_id] for h in handles}
+    others = statistics.median(c for t, c in counts.items() if t != failed)
+    assert others >= 4
+    assert counts[failed] >= others / 2
