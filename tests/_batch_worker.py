@@ -14,7 +14,9 @@ def batch(n: int) -> list[VideoRequest]:
     return [VideoRequest(prompt=f"resumable item {i}", model="wan2.6-t2v") for i in range(n)]
 
 
-async def main(base_url: str, scale: str, epoch: str, origin: str, journal: str, n: str) -> None:
+async def main(
+    base_url: str, scale: str, epoch: str, origin: str, journal: str, n: str, submits: str = "8"
+) -> None:
     clock = ScaledClock(float(scale), epoch=float(epoch), origin=float(origin))
     async with WanClient(
         api_key="sk-test",
@@ -22,10 +24,11 @@ async def main(base_url: str, scale: str, epoch: str, origin: str, journal: str,
         clock=clock,
         max_requests_per_second=None,
         retry=RetryPolicy.no_wait(),
+        max_concurrent_submits=int(submits),
     ) as client:
-        await client.generate_many(batch(int(n)), return_outcomes=True, journal=journal)
+        outcomes = await client.generate_many(batch(int(n)), return_outcomes=True, journal=journal)
+    print(sum(o.ok for o in outcomes), "ok", flush=True)
 
 
 if __name__ == "__main__":
-    base_url, scale, epoch, origin, journal, n = sys.argv[1:]
-    anyio.run(main, base_url, scale, epoch, origin, journal, n)
+    anyio.run(main, *sys.argv[1:])

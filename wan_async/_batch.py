@@ -2,7 +2,21 @@
 
 A batch runs in the client's own task group, not in the caller's: the caller only reads
 outcomes from a stream. So leaving an ``async for`` early, or cancelling the caller, stops the
-batch cleanly (its scope is cancelled) without cancel scopes crossing generator frames.
+batch cleanly (its scope is cancelled) without cancel scopes crossing generator frames, and
+nothing that goes wrong inside a batch (a journal that cannot be written, a bug) reaches the
+caller's ``async with`` body or the client's other tasks: it ends the batch and is raised to
+the batch's reader.
+
+When an item may be sent is :mod:`wan_async._admission`'s business; what was recorded about
+it, :mod:`wan_async._journal`'s. This module keeps each item's story straight:
+
+* every item yields exactly one :class:`Outcome`, and every item whose task was created
+  carries its ``task_id``, however it ended (a deadline, a stop, a crash of the batch);
+* a submit whose request is on the wire is never cut off: a deadline, a stop or closing the
+  client waits for its answer (bounded by the client's ``Timeouts``), so its task id is known
+  and recorded, or its outcome is reported unknown;
+* a submit's journal lines are written just around the request itself (see
+  :class:`_ItemHooks`).
 """
 
 from __future__ import annotations
@@ -17,16 +31,18 @@ from typing import Protocol
 import anyio
 import attrs
 
+from ._admission import Admission
 from ._clock import Clock
 from ._exceptions import (
     AuthenticationError,
     BatchAborted,
     DeadlineExceeded,
-    ModelNotFoundError,
+    JournalError,
     PermissionDeniedError,
     SubmitOutcomeUnknown,
     TaskFailed,
     TaskNotFound,
+    UnexpectedRedirect,
     WanError,
     reraise,
 )
@@ -34,8 +50,9 @@ from ._handle import TaskHandle
 from ._journal import Journal
 from ._models import VideoRequest, VideoResult
 
-#: Errors that will hit every item alike: one is enough to stop the batch.
-_BATCH_FATAL = (AuthenticationError, PermissionDeniedError, ModelNotFoundError)
+#: Errors every further submit would meet too (the key or the base URL is refused): one stops
+#: the batch from submitting more. Tasks already submitted are still waited for.
+_BATCH_FATAL = (AuthenticationError, PermissionDeniedError, UnexpectedRedirect)
 
 
 @attrs.frozen(kw_only=True)
@@ -45,7 +62,8 @@ class Outcome:
     #: Position of the request in the batch's input.
     index: int
     request: VideoRequest
-    #: Set once the task was created (also on most failures: the task exists upstream).
+    #: Set once the task was created, however the item ended: that task exists upstream (and
+    #: is billed); attach to it to collect it.
     task_id: str | None = None
     result: VideoResult | None = None
     #: Why the item did not end well. With ``result`` also set, the task succeeded but its
@@ -76,11 +94,25 @@ class Outcome:
         return self.result
 
 
+class SubmitHooks(Protocol):
+    """What a submit tells its batch around each attempt (see ``WanClient._submit``)."""
+
+    def may_send(self) -> None:
+        """Raise to send nothing (the batch stopped); called just before each attempt."""
+
+    async def sending(self, at: float) -> None:
+        """The request is about to go out (shielded from cancellation from here on)."""
+
+    async def settled(self, at: float, task_id: str | None, error: WanError | None) -> None:
+        """The attempt's answer, still shielded: a task id, or the error (which says
+        whether a task may exist anyway)."""
+
+
 class Submit(Protocol):
-    """How a batch submits: the client's submit, with a last check before sending."""
+    """How a batch submits: the client's submit, reporting to the item's hooks."""
 
     def __call__(
-        self, request: VideoRequest, *, before_send: Callable[[], None] | None = ...
+        self, request: VideoRequest, *, hooks: SubmitHooks | None = ...
     ) -> Awaitable[TaskHandle]: ...
 
 
@@ -89,24 +121,8 @@ Attach = Callable[[str], TaskHandle]
 Save = Callable[[int, VideoResult], Awaitable[Path]]
 
 
-class Window:
-    """An adaptive in-flight limit: how many more tasks may be submitted now."""
-
-    def __init__(
-        self,
-        *,
-        outstanding: Callable[[], int],
-        limit: Callable[[], int],
-        changed: Callable[[], Awaitable[None]],
-    ) -> None:
-        self._outstanding = outstanding
-        self._limit = limit
-        self._changed = changed
-
-    async def wait_for_room(self, submitting: Callable[[], int]) -> None:
-        """Wait until the client's outstanding tasks, plus those being submitted, fit."""
-        while self._outstanding() + submitting() >= self._limit():
-            await self._changed()
+class _Stopped(Exception):
+    """The batch stopped before this item's request was sent."""
 
 
 class Batch:
@@ -121,8 +137,7 @@ class Batch:
         clock: Clock,
         journal: Journal | None,
         save: Save | None = None,
-        max_in_flight: int,
-        window: Window | None,
+        admission: Admission,
         item_timeout: float | None,
         deadline: float | None,
         fail_fast: bool,
@@ -133,12 +148,11 @@ class Batch:
         self._clock = clock
         self._journal = journal
         self._save = save
-        self._slots = anyio.Semaphore(max_in_flight)
-        self._window = window
-        self._submitting = 0
+        self._admission = admission
         #: Cancelled to stop feeding new items; and the scopes of the waits under way.
         self._feed = anyio.CancelScope()
         self._waits: set[anyio.CancelScope] = set()
+        self._waits_cancelled = False
         self._item_timeout = item_timeout
         self._fail_fast = fail_fast
         now = anyio.current_time()
@@ -147,51 +161,85 @@ class Batch:
         self._task_ids: dict[int, str] = {}
         self._reported: set[int] = set()
         self._stop_cause: BaseException | None = None
+        #: What ended the batch from inside (a journal that cannot be written, a bug).
+        self._crash: BaseException | None = None
         self._send, self._receive = anyio.create_memory_object_stream[Outcome](len(requests))
 
-    def stop(self) -> None:
-        """Stop the batch: unfinished items are reported as aborted."""
+    def stop(self, cause: BaseException | None = None) -> None:
+        """Stop the batch now: unfinished items are reported cut short, with their task ids.
+
+        Submits on the wire still run to their answer first.
+        """
+        if cause is not None and self._stop_cause is None:
+            self._stop_cause = cause
         self._scope.cancel()
 
     async def run(self) -> None:
-        """Submit and wait for every item, then report the ones the batch cut short."""
+        """Run every item to its outcome; never raises (see :meth:`outcomes`)."""
         try:
-            await self._run()
-        finally:
-            if self._journal is not None:
-                with anyio.CancelScope(shield=True):
-                    await self._journal.aclose()
-
-    async def _run(self) -> None:
-        async with self._send:
             with self._scope:
-                async with anyio.create_task_group() as tg:
-                    with self._feed:
-                        for index, request in enumerate(self._requests):
-                            await self._slots.acquire()
-                            if self._window is not None:
-                                await self._window.wait_for_room(lambda: self._submitting)
-                            self._submitting += 1
-                            tg.start_soon(self._item, index, request)
-            for index, request in enumerate(self._requests):
-                if index not in self._reported:
-                    error = self._cut_short_error(index)
-                    task_id = self._task_ids.get(index)
-                    self._report(
-                        Outcome(index=index, request=request, task_id=task_id, error=error)
-                    )
+                await self._run()
+        except Exception as exc:
+            self._crashed(exc)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._close_journal()
+            self._report_the_rest()
+            self._send.close()
 
     async def outcomes(self) -> AsyncGenerator[Outcome, None]:
-        """Yield each item's outcome as it ends; stops the batch if the reader leaves early."""
+        """Yield each item's outcome as it ends; stops the batch if the reader leaves early.
+
+        Raises:
+            JournalError: the journal could not be written: the batch stopped (every item
+                still yielded its outcome first).
+            Exception: whatever else ended the batch from inside, the same way.
+        """
         try:
             async with self._receive:
                 async for outcome in self._receive:
                     yield outcome
         finally:
             self.stop()
+        if self._crash is not None:
+            raise self._crash
 
-    def _cut_short_error(self, index: int) -> BaseException:
-        task_id = self._task_ids.get(index)
+    async def _run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            with self._feed:
+                for index, request in enumerate(self._requests):
+                    resumed = self._resume(index, request)
+                    if isinstance(resumed, Outcome):
+                        self._report(resumed)
+                        continue
+                    if isinstance(resumed, TaskHandle):
+                        self._task_ids[index] = resumed.task_id
+                        self._admission.enter_submitted()
+                    else:
+                        await self._admission.enter()
+                    tg.start_soon(self._item, index, request, resumed)
+
+    def _crashed(self, error: BaseException) -> None:
+        if self._crash is None:
+            self._crash = error
+        self._halt(error, waits=True)
+
+    async def _close_journal(self) -> None:
+        if self._journal is None:
+            return
+        try:
+            await self._journal.aclose()
+        except JournalError as exc:
+            self._crashed(exc)
+
+    def _report_the_rest(self) -> None:
+        for index, request in enumerate(self._requests):
+            if index not in self._reported:
+                task_id = self._task_ids.get(index)
+                error = self._cut_short_error(task_id)
+                self._report(Outcome(index=index, request=request, task_id=task_id, error=error))
+
+    def _cut_short_error(self, task_id: str | None) -> BaseException:
         if self._stop_cause is None and anyio.current_time() >= self._scope.deadline:
             return DeadlineExceeded(
                 f"the batch deadline passed; {_where(task_id)}", task_id=task_id
@@ -204,49 +252,60 @@ class Batch:
         why = f"the batch stopped after {type(cause).__name__}" if cause else "the batch stopped"
         return BatchAborted(f"{why}; {_where(task_id)}", task_id=task_id, cause=cause)
 
-    def _halt(self, cause: BaseException) -> None:
-        """Stop the batch after ``cause``, gracefully.
+    def _halt(self, cause: BaseException, *, waits: bool) -> None:
+        """Stop submitting (and with ``waits``, stop waiting) after ``cause``, gracefully.
 
-        No new item is submitted and waits end, but a submit already on the wire runs to its
-        answer: cutting it off would turn a known outcome into an unknown one.
+        A submit already on the wire runs to its answer: cutting it off would turn a known
+        outcome into an unknown one.
         """
-        if self._stop_cause is not None:
-            return
-        self._stop_cause = cause
+        if self._stop_cause is None:
+            self._stop_cause = cause
         self._feed.cancel()
-        for scope in self._waits:
-            scope.cancel()
-
-    def _check_running(self) -> None:
-        if self._stop_cause is not None:
-            raise self._aborted(None)
+        if waits:
+            self._waits_cancelled = True
+            for scope in self._waits:
+                scope.cancel()
 
     def _report(self, outcome: Outcome) -> None:
+        if outcome.index in self._reported:
+            return
         self._reported.add(outcome.index)
         # The reader may have left (and closed its end): then nobody wants the outcome.
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             self._send.send_nowait(outcome)
 
-    async def _item(self, index: int, request: VideoRequest) -> None:
+    async def _item(self, index: int, request: VideoRequest, handle: TaskHandle | None) -> None:
         try:
-            outcome = await self._run_item(index, request)
-            self._report(outcome)
-            if outcome.error is not None and (
-                self._fail_fast or isinstance(outcome.error, _BATCH_FATAL)
-            ):
-                self._halt(outcome.error)
+            outcome = await self._run_item(index, request, handle)
+        except JournalError as exc:
+            # What happens can no longer be recorded: a resumed run could pay twice.
+            self._crashed(exc)
+            outcome = Outcome(
+                index=index, request=request, task_id=self._task_ids.get(index), error=exc
+            )
+        except Exception as exc:  # every other failure is this item's outcome
+            outcome = Outcome(
+                index=index, request=request, task_id=self._task_ids.get(index), error=exc
+            )
         finally:
-            self._slots.release()
+            self._admission.leave()
+        self._report(outcome)
+        error = outcome.error
+        if error is not None and outcome.result is None:
+            if self._fail_fast:
+                self._halt(error, waits=True)
+            elif isinstance(error, _BATCH_FATAL):
+                self._halt(error, waits=False)
 
-    async def _run_item(self, index: int, request: VideoRequest) -> Outcome:
-        start = self._resume(index, request)
-        if start is None:
-            start = await self._submit_item(index, request)
-        else:
-            self._submitting -= 1
-        if isinstance(start, Outcome):
-            return await self._finish(start)
-        return await self._finish(await self._wait_item(index, request, start))
+    async def _run_item(
+        self, index: int, request: VideoRequest, handle: TaskHandle | None
+    ) -> Outcome:
+        if handle is None:
+            started = await self._submit_item(index, request)
+            if isinstance(started, Outcome):
+                return started
+            handle = started
+        return await self._finish(await self._wait_item(index, request, handle))
 
     async def _finish(self, outcome: Outcome) -> Outcome:
         """Save a successful item's video, when the batch downloads as it goes."""
@@ -254,7 +313,7 @@ class Batch:
             return outcome
         try:
             path = await self._save(outcome.index, outcome.result)
-        except (WanError, OSError) as exc:
+        except Exception as exc:  # the task succeeded: keep its result beside the error
             return attrs.evolve(outcome, error=exc)
         return attrs.evolve(outcome, path=path)
 
@@ -269,8 +328,12 @@ class Batch:
                 index=index, request=request, task_id=state.task_id, result=result, error=error
             )
         if state.outcome_unknown:
-            at = state.submitting_at or 0.0
-            unknown = SubmitOutcomeUnknown(request=request, submitted_at=at, cause=None)
+            unknown = SubmitOutcomeUnknown(
+                request=request,
+                submitted_at=state.submitting_at or 0.0,
+                cause=None,
+                reason=state.unknown_reason,
+            )
             return Outcome(index=index, request=request, error=unknown)
         if state.task_id is not None:
             return self._attach(state.task_id)
@@ -282,7 +345,7 @@ class Batch:
         try:
             with anyio.CancelScope() as wait:
                 self._waits.add(wait)
-                if self._stop_cause is not None:
+                if self._waits_cancelled:
                     wait.cancel()
                 try:
                     result = await handle.wait(self._item_timeout)
@@ -291,59 +354,62 @@ class Batch:
             if wait.cancelled_caught:
                 stopped = self._aborted(task_id)
                 return Outcome(index=index, request=request, task_id=task_id, error=stopped)
-        except TimeoutError:
-            late = DeadlineExceeded(
-                f"task {task_id} did not end within {self._item_timeout:g}s; it goes on "
-                "upstream, attach to it to collect it",
-                task_id=task_id,
-            )
-            return Outcome(index=index, request=request, task_id=task_id, error=late)
         except (TaskFailed, TaskNotFound) as exc:
             if self._journal is not None:
                 await self._journal.finished(index, task_id, None, exc)
             return Outcome(index=index, request=request, task_id=task_id, error=exc)
-        except Exception as exc:  # every failure becomes this item's outcome
+        except WanError as exc:  # a timeout, a rejected key...: the task may go on upstream
             return Outcome(index=index, request=request, task_id=task_id, error=exc)
         if self._journal is not None:
             await self._journal.finished(index, task_id, result, None)
         return Outcome(index=index, request=request, task_id=task_id, result=result)
 
     async def _submit_item(self, index: int, request: VideoRequest) -> TaskHandle | Outcome:
-        journal = self._journal
-        sending = False
-
-        def before_send() -> None:
-            nonlocal sending
-            self._check_running()
-            sending = True
-
         try:
-            try:
-                if journal is not None:
-                    # On disk before the request leaves: a crash after it reads as "unknown".
-                    await journal.submitting(index, self._clock.time())
-                handle = await self._submit(request, before_send=before_send)
-            except SubmitOutcomeUnknown as exc:
-                if journal is not None:
-                    await journal.unknown(index, exc.submitted_at, exc)
-                return Outcome(index=index, request=request, error=exc)
-            except Exception as exc:  # every failure becomes this item's outcome
-                if journal is not None:
-                    # Certainly nothing created (refused, or stopped before sending): a later
-                    # run may submit it again, so it must not read as "unknown".
-                    await journal.refused(index, str(exc))
-                return Outcome(index=index, request=request, error=exc)
-            except BaseException:
-                if journal is not None and not sending:
-                    # Cancelled while waiting for a submit slot: nothing was sent.
-                    with anyio.CancelScope(shield=True):
-                        await journal.refused(index, "stopped before it was sent")
-                raise
-            if journal is not None:
-                await journal.submitted(index, handle.task_id)
-            return handle
+            return await self._submit(request, hooks=_ItemHooks(self, index))
+        except _Stopped:
+            return Outcome(index=index, request=request, error=self._aborted(None))
+        except JournalError:
+            raise
+        except WanError as exc:  # refused (nothing created) or SubmitOutcomeUnknown
+            return Outcome(index=index, request=request, error=exc)
         finally:
-            self._submitting -= 1
+            self._admission.submit_done()
+
+
+class _ItemHooks:
+    """One item's submit, as its batch sees it: stop before sending, record around it.
+
+    ``submitting`` is journaled just before the request goes out, after the item has waited
+    for a submit slot, the request budget and any retry back-off: a crash while it waits
+    leaves nothing that reads as "unknown". The answer is recorded before anything can cancel
+    the item: ``submitted`` with the task id, ``refused`` when the attempt certainly created
+    nothing (a retry may follow), ``unknown`` otherwise.
+    """
+
+    def __init__(self, batch: Batch, index: int) -> None:
+        self._batch = batch
+        self._index = index
+
+    def may_send(self) -> None:
+        if self._batch._stop_cause is not None or self._batch._feed.cancel_called:
+            raise _Stopped
+
+    async def sending(self, at: float) -> None:
+        if self._batch._journal is not None:
+            await self._batch._journal.submitting(self._index, at)
+
+    async def settled(self, at: float, task_id: str | None, error: WanError | None) -> None:
+        batch, journal = self._batch, self._batch._journal
+        if task_id is not None:
+            batch._task_ids[self._index] = task_id
+            if journal is not None:
+                await journal.submitted(self._index, task_id)
+        elif error is not None and journal is not None:
+            if error.task_may_exist:
+                await journal.unknown(self._index, at, error)
+            else:
+                await journal.refused(self._index, str(error))
 
 
 def _where(task_id: str | None) -> str:

@@ -4,23 +4,34 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 import os
 import pathlib
 import random
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, TypeVar, overload
 from urllib.parse import quote
 
 import anyio
+import anyio.lowlevel
 import attrs
 from anyio.abc import TaskGroup
+from anyio.abc import TaskStatus as AnyioTaskStatus
 
-from ._batch import Batch, Outcome, Save, Window
+from ._admission import Admission
+from ._batch import Batch, Outcome, Save, SubmitHooks
 from ._clock import Clock, SystemClock
 from ._config import Timeouts, resolve_api_key, resolve_base_url
 from ._download import download
-from ._exceptions import ClientClosedError, DecodeError, SubmitOutcomeUnknown, WanError
+from ._exceptions import (
+    ClientClosedError,
+    DecodeError,
+    JournalError,
+    SubmitOutcomeUnknown,
+    WanError,
+)
 from ._handle import TaskHandle
 from ._journal import Journal
 from ._models import TaskCreated, TaskSnapshot, VideoRequest, VideoResult
@@ -41,6 +52,9 @@ POLLER_TASK_NAME = "wan_async.poller"
 _T = TypeVar("_T")
 #: Tasks a batch keeps outstanding before anything is known of upstream's capacity.
 _INITIAL_WINDOW = 8
+#: What may not appear in a file name made from a task id.
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9_-]")
+logger = logging.getLogger("wan_async")
 
 
 class _State(enum.Enum):
@@ -132,6 +146,14 @@ class WanClient:
             fetch=self._get_once, budget=self._budget, clock=self.clock, policy=poll_policy
         )
         self._task_group: TaskGroup | None = None
+        #: What runs in the client's task group (the poller, batches), each in its own scope:
+        #: closing cancels these, never the group's own scope, which the opener's body is in.
+        self._services: set[anyio.CancelScope] = set()
+        self._batches: set[Batch] = set()
+        self._idle = anyio.Event()
+        #: Submits whose request may be on the wire: closing waits for their answers.
+        self._on_wire = 0
+        self._wire_idle = anyio.Event()
         self._submits = 0
         self._state = _State.NEW
 
@@ -158,7 +180,7 @@ class WanClient:
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         try:
-            await task_group.start(self._poller.run, name=POLLER_TASK_NAME)
+            await task_group.start(self._serve_poller, name=POLLER_TASK_NAME)
         except BaseException:
             task_group.cancel_scope.cancel()
             await task_group.__aexit__(None, None, None)
@@ -173,21 +195,70 @@ class WanClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        try:
+            await self.aclose()
+        finally:
+            # Only here, in the task that entered it and at the depth it was entered: an
+            # aclose() from elsewhere (another task, a nested scope) has stopped everything in
+            # the group already, and leaving it is the way out of ``async with``.
+            task_group, self._task_group = self._task_group, None
+            if task_group is not None:
+                await task_group.__aexit__(None, None, None)
 
     async def aclose(self) -> None:
-        """Close the client and its HTTP session (unless the session was passed in). Idempotent."""
-        if self._state is _State.CLOSED:
-            return
-        self._state = _State.CLOSED
+        """Close the client and its HTTP session (unless the session was passed in). Idempotent.
+
+        Pending waits fail with :class:`ClientClosedError`; running batches stop and report
+        every item (submitted ones with their task ids). Submits whose request is on the wire
+        are let finish first (bounded by ``timeouts``), so no created task goes unrecorded.
+        Any task may close the client, not only the one that entered it; the ``async with``
+        body of the task that entered it is never cancelled by it.
+        """
+        if self._state is not _State.CLOSED:
+            self._state = _State.CLOSED
+            await self._shut_down()
+
+    async def _shut_down(self) -> None:
+        """Fail pending waits, stop batches and the poller, let submits on the wire finish."""
         self._poller.close()
-        task_group, self._task_group = self._task_group, None
+        closed = ClientClosedError("the client was closed")
+        for batch in list(self._batches):
+            batch.stop(closed)
+        for scope in list(self._services):
+            scope.cancel()
+        # Shielded: closing is also what a cancelled caller does on its way out.
+        with anyio.CancelScope(shield=True):
+            try:
+                if self._services:
+                    await self._idle.wait()
+                if self._on_wire:
+                    await self._wire_idle.wait()
+            finally:
+                await self._transport.aclose()
+
+    async def _serve_poller(
+        self, *, task_status: AnyioTaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The poller, in a scope of its own; a crash fails its handles, never the caller."""
+        async with self._service():
+            try:
+                await self._poller.run(task_status=task_status)
+            except Exception as exc:
+                logger.exception("the poller failed; every pending task fails with its error")
+                self._poller.close(exc)
+
+    @contextlib.asynccontextmanager
+    async def _service(self) -> AsyncIterator[anyio.CancelScope]:
+        """Run something in the client's task group, in its own cancel scope."""
+        scope = anyio.CancelScope()
+        self._services.add(scope)
         try:
-            if task_group is not None:
-                task_group.cancel_scope.cancel()
-                await task_group.__aexit__(None, None, None)
+            with scope:
+                yield scope
         finally:
-            await self._transport.aclose()
+            self._services.discard(scope)
+            if not self._services:
+                self._idle.set()
 
     def _check_open(self) -> None:
         if self._state is _State.CLOSED:
@@ -215,14 +286,13 @@ class WanClient:
         return await self._submit(request)
 
     async def _submit(
-        self, request: VideoRequest, *, before_send: Callable[[], None] | None = None
+        self, request: VideoRequest, *, hooks: SubmitHooks | None = None
     ) -> TaskHandle:
         self._running()
         async with self._submit_slots:
-            if before_send is not None:
-                # Checked once the slot is ours: a batch stopped meanwhile sends nothing.
-                before_send()
-            created = await self.create_task(request)
+            created = await self._create(request, hooks)
+        # No checkpoint since the answer came: the new task is tracked before any cancellation
+        # can be delivered.
         handle = TaskHandle(created.task_id, request=request, clock=self.clock)
         key = duration_key(request.model, request.size, request.duration)
         self._poller.track(handle, key=key, submitted=True)
@@ -313,14 +383,12 @@ class WanClient:
         items = _checked_requests(requests)
         save = await self._saver(download_dir) if download_dir is not None else None
         opened = await Journal.open(journal, items) if journal is not None else None
-        window = None
-        if max_in_flight is None:
-            poller = self._poller
-            window = Window(
-                outstanding=lambda: poller.stats.outstanding,
-                limit=lambda: poller.window(initial=_INITIAL_WINDOW),
-                changed=poller.wait_changed,
-            )
+        poller = self._poller
+        admission = Admission(
+            cap=max_in_flight or self.max_in_flight,
+            limit=None if max_in_flight else lambda: poller.window(initial=_INITIAL_WINDOW),
+            outstanding=lambda: poller.stats.outstanding,
+        )
         batch = Batch(
             items,
             submit=self._submit,
@@ -328,17 +396,28 @@ class WanClient:
             clock=self.clock,
             journal=opened,
             save=save,
-            window=window,
-            max_in_flight=max_in_flight or self.max_in_flight,
+            admission=admission,
             item_timeout=timeout,
             deadline=deadline,
             fail_fast=fail_fast,
         )
-        task_group.start_soon(batch.run)
-        # Closed explicitly, not left to the garbage collector, when the caller leaves early.
-        async with contextlib.aclosing(batch.outcomes()) as outcomes:
-            async for outcome in outcomes:
-                yield outcome
+        self._batches.add(batch)
+        poller.add_change_callback(admission.kick)
+        try:
+            task_group.start_soon(self._serve_batch, batch)
+            # Closed explicitly, not left to the garbage collector, when the caller leaves.
+            async with contextlib.aclosing(batch.outcomes()) as outcomes:
+                async for outcome in outcomes:
+                    yield outcome
+        finally:
+            poller.remove_change_callback(admission.kick)
+
+    async def _serve_batch(self, batch: Batch) -> None:
+        async with self._service():
+            try:
+                await batch.run()
+            finally:
+                self._batches.discard(batch)
 
     async def _saver(self, folder: str | os.PathLike[str]) -> Save:
         """How a batch saves each video into ``folder`` (created now, before any submit)."""
@@ -346,7 +425,8 @@ class WanClient:
         await anyio.to_thread.run_sync(lambda: directory.mkdir(parents=True, exist_ok=True))
 
         async def save(index: int, result: VideoResult) -> pathlib.Path:
-            target = directory / f"{index}-{result.task_id}.mp4"
+            # Task ids are opaque: one with "/" or ".." must not leave the folder.
+            target = directory / f"{index}-{_UNSAFE_IN_NAME.sub('_', result.task_id)}.mp4"
             if await anyio.to_thread.run_sync(target.exists):
                 return target  # saved by an earlier run of the same batch
             return await self.download(result, target)
@@ -434,6 +514,10 @@ class WanClient:
     async def create_task(self, request: VideoRequest) -> TaskCreated:
         """Submit one task. Retried only while the task was certainly not created.
 
+        Once its request may be on the wire, a submit is not cut off by cancellation: it
+        waits for the answer (bounded by ``timeouts``), so a task it created is never lost
+        unseen; the cancellation takes effect right after.
+
         Returns:
             The created task's id and status.
 
@@ -442,6 +526,9 @@ class WanClient:
                 exist and be billed. Never retried; its ``cause`` is the transport or API error.
             WanError: any other failure, in which case no task was created.
         """
+        return await self._create(request, None)
+
+    async def _create(self, request: VideoRequest, hooks: SubmitHooks | None) -> TaskCreated:
         self._check_open()
         if not isinstance(request, VideoRequest):
             msg = f"create_task() takes a VideoRequest, got {type(request).__name__}"
@@ -451,19 +538,49 @@ class WanClient:
 
         async def once() -> TaskCreated:
             nonlocal sent_at
-            sent_at = self.clock.time()
-            self._submits += 1
-            answer = await self._transport.request("POST", SUBMIT_PATH, body=body)
-            return _decoded(answer, SUBMIT_PATH, "POST", created_from_wire)
+            if hooks is not None:
+                hooks.may_send()
+            # The last point where cancellation may stop the submit: nothing is sent yet.
+            await anyio.lowlevel.checkpoint()
+            with anyio.CancelScope(shield=True):
+                sent_at = self.clock.time()
+                if hooks is not None:
+                    await hooks.sending(sent_at)
+                created = await self._post(body)
+                if hooks is not None:
+                    await hooks.settled(sent_at, created.task_id, None)
+            return created
+
+        async def attempt() -> TaskCreated:
+            try:
+                return await once()
+            except WanError as exc:
+                if hooks is not None and not isinstance(exc, JournalError):
+                    with anyio.CancelScope(shield=True):
+                        await hooks.settled(sent_at, None, exc)
+                raise
 
         try:
-            return await self._with_retries(once, submit=True, what="submit")
+            return await self._with_retries(attempt, submit=True, what="submit")
         except WanError as exc:
             if exc.task_may_exist:
                 raise SubmitOutcomeUnknown(
                     request=request, submitted_at=sent_at, cause=exc
                 ) from exc
             raise
+
+    async def _post(self, body: object) -> TaskCreated:
+        """One submit request (the caller shields it), counted while it may be on the wire."""
+        self._on_wire += 1
+        try:
+            answer = await self._transport.request("POST", SUBMIT_PATH, body=body)
+            return _decoded(answer, SUBMIT_PATH, "POST", created_from_wire)
+        finally:
+            self._submits += 1
+            self._on_wire -= 1
+            if not self._on_wire:
+                self._wire_idle.set()
+                self._wire_idle = anyio.Event()
 
     async def get_task(self, task_id: str) -> TaskSnapshot:
         """Fetch a task's status as the gateway last refreshed it (retried when transient).

@@ -160,13 +160,27 @@ class SubmitOutcomeUnknown(WanError):
     task_may_exist = True
 
     def __init__(
-        self, *, request: VideoRequest, submitted_at: float, cause: WanError | None
+        self,
+        *,
+        request: VideoRequest,
+        submitted_at: float,
+        cause: WanError | None,
+        reason: str | None = None,
     ) -> None:
         self.request = request
         self.submitted_at = submitted_at
-        #: The transport or API error; ``None`` when a previous run died mid-submit.
+        #: The transport or API error; ``None`` when the answer was lost by an earlier run.
         self.cause = cause
-        why = cause if cause is not None else "the previous run stopped before the answer came"
+        #: The cause as an earlier run recorded it in the batch journal, if it did; ``None``
+        #: with ``cause`` also ``None`` means that run stopped before the answer came.
+        self.reason = reason
+        why = (
+            cause
+            if cause is not None
+            else f"an earlier run recorded: {reason}"
+            if reason
+            else "the previous run stopped before the answer came"
+        )
         super().__init__(
             f"submit of a {request.model} task (prompt {_short_repr(request.prompt)}) was sent "
             f"at unix time {submitted_at:.0f} but its answer was lost ({why}); a task may "

@@ -16,8 +16,15 @@ Lines (``"i"`` is the item's index in the batch, ``"fp"`` its request's fingerpr
     {"event": "finished", "i": 3, "task_id": "task_…", "status": "SUCCESS", "video_url": "…"}
     {"event": "finished", "i": 5, "task_id": "task_…", "status": "FAILURE", "code": "…", …}
 
+``submitting`` is written just before the request goes out (after the item has waited for its
+turn, the request budget and any retry back-off), so only a request that may really have been
+sent reads as "unknown" after a crash; an attempt that certainly created nothing is followed by
+``refused``.
+
 The API key is never written. A last line cut off by a crash is dropped when the journal is
-opened again.
+opened again. An open journal is locked (an exclusive advisory lock on the file): a second run
+of the same batch, in this process or another, is refused with :class:`JournalError` while the
+first holds it, instead of submitting the same items again.
 """
 
 from __future__ import annotations
@@ -31,6 +38,15 @@ from typing import IO, Any
 
 import anyio
 import anyio.to_thread
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+try:
+    import msvcrt
+except ImportError:
+    msvcrt = None  # type: ignore[assignment]
 import attrs
 
 from ._exceptions import JournalError, TaskFailed, TaskNotFound
@@ -56,6 +72,8 @@ class ItemState:
     task_id: str | None = None
     #: The submit's outcome is unknown: never resubmit.
     unknown: bool = False
+    #: What the run that lost the answer recorded as the cause.
+    unknown_reason: str | None = None
     #: The item's final line, once it ended for good.
     final: dict[str, Any] | None = None
 
@@ -68,7 +86,7 @@ class ItemState:
 class Journal:
     """An open journal for one batch. Create it with :meth:`open`."""
 
-    def __init__(self, path: Path, file: IO[str], states: list[ItemState]) -> None:
+    def __init__(self, path: Path, file: IO[bytes], states: list[ItemState]) -> None:
         self.path = path
         self._file = file
         self._states = states
@@ -89,26 +107,33 @@ class Journal:
     def _open_sync(cls, path: Path, fingerprints: list[str]) -> Journal:
         states = [ItemState(fingerprint=fp) for fp in fingerprints]
         try:
-            existing = path.read_bytes() if path.exists() else b""
-        except OSError as exc:
-            msg = f"cannot read the journal {str(path)!r}: {exc.strerror or exc}"
-            raise JournalError(msg) from None
-        # A crash mid-write leaves a last line without its newline: drop it.
-        complete, _, _ = existing.rpartition(b"\n")
-        lines = complete.decode("utf-8", "replace").splitlines() if complete else []
-        if lines:
-            _replay(path, lines, fingerprints, states)
-        try:
-            if len(complete) + (1 if complete else 0) != len(existing):
-                with path.open("r+b") as raw:
-                    raw.truncate(len(complete) + (1 if complete else 0))
-            file = path.open("a", encoding="utf-8")
+            file = path.open("a+b")
         except OSError as exc:
             msg = (
-                f"cannot write the journal {str(path)!r}: {exc.strerror or exc}; "
+                f"cannot open the journal {str(path)!r}: {exc.strerror or exc}; "
                 "nothing was submitted"
             )
             raise JournalError(msg) from None
+        try:
+            # Locked before it is read: what another run is writing is never half-read.
+            _lock_exclusively(file, path)
+            file.seek(0)
+            existing = file.read()
+            # A crash mid-write leaves a last line without its newline: drop it.
+            complete, _, _ = existing.rpartition(b"\n")
+            lines = complete.decode("utf-8", "replace").splitlines() if complete else []
+            if lines:
+                _replay(path, lines, fingerprints, states)
+            kept = len(complete) + (1 if complete else 0)
+            if kept != len(existing):
+                file.truncate(kept)
+        except OSError as exc:
+            file.close()
+            msg = f"cannot use the journal {str(path)!r}: {exc.strerror or exc}"
+            raise JournalError(msg) from None
+        except BaseException:
+            file.close()
+            raise
         journal = cls(path, file, states)
         if not lines:
             journal._write_sync(
@@ -164,7 +189,9 @@ class Journal:
 
     async def unknown(self, index: int, at: float, error: BaseException) -> None:
         """Record that item ``index``'s submit outcome is unknown."""
-        self._states[index].unknown = True
+        state = self._states[index]
+        state.unknown = True
+        state.unknown_reason = str(error)
         await self._write({"event": "unknown", "i": index, "at": at, "error": str(error)})
 
     async def finished(
@@ -201,12 +228,34 @@ class Journal:
 
     def _write_sync(self, line: dict[str, Any]) -> None:
         try:
-            self._file.write(json.dumps(line, ensure_ascii=False) + "\n")
+            self._file.write((json.dumps(line, ensure_ascii=False) + "\n").encode())
             self._file.flush()
             os.fsync(self._file.fileno())
         except OSError as exc:
             msg = f"cannot write the journal {str(self.path)!r}: {exc.strerror or exc}"
             raise JournalError(msg) from None
+
+
+def _lock_exclusively(file: IO[bytes], path: Path) -> None:
+    """Take the journal's lock, or refuse at once: another run is using it.
+
+    Raises:
+        JournalError: another run (in this process or another) holds the lock.
+    """
+    try:
+        if fcntl is not None:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        elif msvcrt is not None:  # pragma: no cover - Windows
+            msvcrt.locking(file.fileno(), msvcrt.LK_NBLCK, 1)
+    except BlockingIOError:
+        msg = (
+            f"the journal {str(path)!r} is in use by another run of this batch; nothing was "
+            "submitted. Wait for that run to end (or stop it), then run again to resume"
+        )
+        raise JournalError(msg) from None
+    except PermissionError:  # pragma: no cover - msvcrt's way of saying "locked"
+        msg = f"the journal {str(path)!r} is in use by another run; nothing was submitted"
+        raise JournalError(msg) from None
 
 
 def _replay(path: Path, lines: list[str], fingerprints: list[str], states: list[ItemState]) -> None:
@@ -247,6 +296,7 @@ def _replay(path: Path, lines: list[str], fingerprints: list[str], states: list[
             state.submitting_at = None
         elif event == "unknown":
             state.unknown = True
+            state.unknown_reason = str(line.get("error") or "") or None
             state.submitting_at = float(line.get("at") or state.submitting_at or 0.0)
         elif event == "finished":
             state.task_id = str(line.get("task_id") or state.task_id)

@@ -113,7 +113,7 @@ class Poller:
         self._running = 0
         self._peak_running = 0
         self._queue_seen = False
-        self._changed = anyio.Event()
+        self._change_callbacks: list[Callable[[], None]] = []
         self._listeners: list[StatusListener] = []
         self._closed = False
         self._polls = 0
@@ -179,23 +179,29 @@ class Poller:
             return max(initial, 2 * peak)
         return max(2, peak + max(2, -(-peak // 4)))
 
-    async def wait_changed(self) -> None:
-        """Wait until a task ends or upstream's capacity is better known."""
-        await self._changed.wait()
+    def add_change_callback(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` whenever a task ends or upstream's capacity is better known."""
+        self._change_callbacks.append(callback)
+
+    def remove_change_callback(self, callback: Callable[[], None]) -> None:
+        """Stop calling a callback added with :meth:`add_change_callback` (no-op if absent)."""
+        with contextlib.suppress(ValueError):
+            self._change_callbacks.remove(callback)
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        for callback in list(self._change_callbacks):
+            callback()
 
-    def close(self) -> None:
-        """Stop tracking: every pending handle fails with :class:`ClientClosedError`."""
+    def close(self, error: BaseException | None = None) -> None:
+        """Stop tracking: every pending handle fails with ``error``, by default a
+        :class:`ClientClosedError`."""
         self._closed = True
         watches, self._watches = self._watches, {}
         self._heap.clear()
         self._ready.clear()
         for watch in watches.values():
             watch.active = False
-            watch.handle._fail(ClientClosedError(_CLOSED))
+            watch.handle._resolve(None, error or ClientClosedError(_CLOSED))
         self._wakeup.set()
         self._notify()
 
@@ -321,9 +327,7 @@ class Poller:
                 failing_for,
                 error,
             )
-            unavailable = StatusUnavailable(
-                task_id=task_id, failing_for=failing_for, cause=error
-            )
+            unavailable = StatusUnavailable(task_id=task_id, failing_for=failing_for, cause=error)
             self._finish(watch, None, unavailable)
             return
         watch.errors += 1
