@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 import tracemalloc
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,13 +19,15 @@ import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from wan_async import (
+    BadRequestError,
     ConfigurationError,
     DeadlineExceeded,
+    DownloadError,
     IncompleteDownload,
     PollPolicy,
     RetryPolicy,
     ScaledClock,
-    ServerError,
+    StorageError,
     VideoRequest,
     VideoResult,
     VideoURLExpired,
@@ -145,8 +148,9 @@ async def test_a_download_that_keeps_failing_leaves_nothing(
         (result,) = await finished(gateway, client)
         gateway.inject(Fault.TRUNCATED_JSON, on="download")
         gateway.inject(Fault.SERVER_ERROR, on="download")
-        with pytest.raises(ServerError) as info:
+        with pytest.raises(StorageError) as info:
             await client.download(result, tmp_path)
+    assert isinstance(info.value, DownloadError)
     assert info.value.status == 500
     assert "Signature=" not in str(info.value)
     assert os.listdir(tmp_path) == []
@@ -361,3 +365,53 @@ async def test_memory_stays_flat_for_a_large_video(tmp_path: Path) -> None:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     assert digest.digest() == hashlib.sha256(video_content(result.task_id, size)).digest()
+
+
+async def test_a_missing_video_is_a_download_error(gateway: FakeGateway, tmp_path: Path) -> None:
+    """A 404 from the storage host is a DownloadError (StorageError) with its code, not retried."""
+    async with make_client(gateway, retry=RetryPolicy.no_wait()) as client:
+        (result,) = await finished(gateway, client)
+        missing = result.video_url.replace(f"/videos/{result.task_id}.mp4", "/videos/gone.mp4")
+        with pytest.raises(DownloadError) as info:
+            await client.download(missing, tmp_path / "gone.mp4")
+    error = info.value
+    assert isinstance(error, StorageError)
+    assert not isinstance(error, BadRequestError)
+    assert (error.status, error.code) == (404, "NoSuchKey")
+    assert not error.retryable
+    assert gateway.stats.outcomes("download") == {"404": 1}
+    assert os.listdir(tmp_path) == []
+
+
+async def test_a_missing_folder_is_named_before_any_request(
+    gateway: FakeGateway, tmp_path: Path
+) -> None:
+    """Saving into a folder that does not exist names that folder, and fetches nothing."""
+    async with make_client(gateway) as client:
+        (result,) = await finished(gateway, client)
+        target = tmp_path / "no" / "such" / "video.mp4"
+        with pytest.raises(FileNotFoundError) as info:
+            await client.download(result, target)
+    assert str(tmp_path / "no" / "such") in str(info.value)
+    assert ".part" not in str(info.value)
+    assert gateway.stats.outcomes("download") == {}
+
+
+async def test_leftovers_of_a_killed_download_are_removed(
+    gateway: FakeGateway, tmp_path: Path
+) -> None:
+    """A stale temporary file of a killed download to the same file is removed; a live one kept."""
+    target = tmp_path / "video.mp4"
+    stale = tmp_path / ".video.mp4.0123456789ab.part"
+    live = tmp_path / ".video.mp4.ba9876543210.part"
+    other = tmp_path / ".other.mp4.0123456789ab.part"
+    for part in (stale, live, other):
+        part.write_bytes(b"half a video")
+    hour_ago = time.time() - 3600
+    for part in (stale, other):
+        os.utime(part, (hour_ago, hour_ago))
+    async with make_client(gateway) as client:
+        (result,) = await finished(gateway, client)
+        await client.download(result, target)
+    assert leftovers(tmp_path) == sorted([live.name, other.name])
+    assert target.stat().st_size == VIDEO_BYTES

@@ -36,6 +36,7 @@ PUBLIC = [
     "ScaledClock",
     "ServerError",
     "StatusUnavailable",
+    "StorageError",
     "SubmitOutcomeUnknown",
     "SystemClock",
     "TaskCreated",

@@ -21,7 +21,9 @@ import contextlib
 import logging
 import os
 import random
+import re
 import secrets
+import time
 from pathlib import Path, PurePosixPath
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
@@ -29,7 +31,7 @@ from urllib.parse import unquote, urlsplit
 import anyio
 
 from ._clock import Clock
-from ._exceptions import APIError, DeadlineExceeded, IncompleteDownload, VideoURLExpired
+from ._exceptions import DeadlineExceeded, IncompleteDownload, StorageError, VideoURLExpired
 from ._models import VideoResult
 from ._retry import RetryPolicy, call_with_retries
 from ._transport import Stream, Transport, redact_url
@@ -38,6 +40,8 @@ logger = logging.getLogger("wan_async")
 
 #: Bytes read (and written) at a time: few thread hops, and still a flat memory profile.
 _CHUNK = 1 << 18
+#: Seconds after which a temporary file nobody writes to is a killed download's leftover.
+_STALE_PART = 600.0
 #: Words by which a 400 from the storage host says the URL has expired (OSS, S3).
 _EXPIRY_HINTS = ("expired", "accessdenied")
 
@@ -125,7 +129,7 @@ async def _attempt(
                 with anyio.CancelScope(shield=True):
                     await part.discard()
                 raise
-    except APIError as exc:
+    except StorageError as exc:
         if _is_expired(exc):
             raise VideoURLExpired(
                 task_id=task_id,
@@ -151,7 +155,7 @@ async def _copy(stream: Stream, part: _PartFile) -> int:
     return received
 
 
-def _is_expired(error: APIError) -> bool:
+def _is_expired(error: StorageError) -> bool:
     """Whether the storage host's error means the signed URL is no longer usable.
 
     OSS answers 403 ``AccessDenied`` "Request has expired" (and 403 for a bad signature, whose
@@ -280,7 +284,11 @@ def _file_name(task_id: str | None, url: str) -> str | None:
 
 
 def _destination(path: Path, name: str | None, overwrite: bool) -> Path:
-    """The file to write: ``path``, or ``name`` inside ``path`` when it is a directory."""
+    """The file to write: ``path``, or ``name`` inside ``path`` when it is a directory.
+
+    Also removes what killed downloads to the same file left behind (see
+    :func:`_remove_stale_parts`).
+    """
     if path.is_dir():
         if name is None:
             msg = f"cannot name a file after this task or URL; pass a file path, not {str(path)!r}"
@@ -289,9 +297,32 @@ def _destination(path: Path, name: str | None, overwrite: bool) -> Path:
         if path.is_dir():
             msg = f"{str(path)!r} is a directory"
             raise IsADirectoryError(msg)
+    if not path.parent.is_dir():
+        msg = (
+            f"cannot save to {str(path)!r}: the folder {str(path.parent)!r} does not exist; "
+            "create it first (nothing was downloaded)"
+        )
+        raise FileNotFoundError(msg)
     if not overwrite and os.path.lexists(path):
         raise _exists(path)
+    _remove_stale_parts(path)
     return path
+
+
+def _remove_stale_parts(dest: Path) -> None:
+    """Remove temporary files of earlier downloads to ``dest`` that nobody writes any more.
+
+    A download that was killed (``kill -9``, a power cut) cannot remove its own. A live one
+    writes a chunk at least every read timeout, so one untouched for ``_STALE_PART`` seconds
+    is a leftover, not another process's download in progress.
+    """
+    pattern = re.compile(rf"\.{re.escape(dest.name)}\.[0-9a-f]{{12}}\.part")
+    cutoff = time.time() - _STALE_PART
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(dest.parent):
+            if pattern.fullmatch(entry.name) and entry.stat().st_mtime < cutoff:
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
 
 
 def _exists(path: Path) -> FileExistsError:

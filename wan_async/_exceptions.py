@@ -14,7 +14,8 @@ Every error the library raises derives from :class:`WanError`::
     ├── StatusUnavailable                      a task's status checks kept failing
     ├── DownloadError                          a video could not be saved from the storage host
     │   ├── VideoURLExpired                    signed URL refused (valid 24 h): get a fresh one
-    │   └── IncompleteDownload                 the body's length is not its Content-Length
+    │   ├── IncompleteDownload                 the body's length is not its Content-Length
+    │   └── StorageError (also APIError)       any other error answer of the storage host
     ├── TransportError                         no HTTP answer at all
     │   ├── WanConnectionError                 connection refused, reset or dropped
     │   └── WanTimeoutError                    connect or read timed out
@@ -31,8 +32,8 @@ Every error the library raises derives from :class:`WanError`::
         └── UnexpectedRedirect                 3xx: the base URL points somewhere else
 
 Errors carry what the server said (HTTP status, code, message, request id) and never the API key.
-A download's other failures are the transport errors and :class:`APIError` subclasses above,
-naming the storage URL without its query string (the signature), never the URL itself.
+A download's other failures are the transport errors above, naming the storage URL without
+its query string (the signature), never the URL itself.
 ``task_may_exist`` tells, for a failed submit, whether the gateway may have created (and billed)
 a task anyway: see :class:`SubmitOutcomeUnknown`.
 """
@@ -383,6 +384,18 @@ class DecodeError(APIError):
     @property
     def retryable(self) -> bool:
         return True
+
+
+class StorageError(DownloadError, APIError):
+    """The storage host answered a download with an error (404, 5xx, ...); nothing was saved.
+
+    Carries the HTTP status, and the storage host's own ``code`` and ``message`` when its XML
+    body gave them. 408, 429 and 5xx are retried by the client before this is raised.
+    """
+
+    @property
+    def retryable(self) -> bool:
+        return self.status in (408, 429) or self.status >= 500
 
 
 def reraise(error: BaseException, traceback: TracebackType | None) -> NoReturn:

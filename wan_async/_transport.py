@@ -48,6 +48,7 @@ from ._exceptions import (
     QuotaExceededError,
     RateLimitedError,
     ServerError,
+    StorageError,
     TaskNotFound,
     TransportError,
     UnexpectedRedirect,
@@ -427,14 +428,13 @@ def _raise_transport(cls: type[TransportError], message: str, shown: str) -> NoR
 
 def _storage_error(
     shown: str, status: int, raw: bytes, headers: Mapping[str, str], request_id: str | None
-) -> APIError:
-    """The error for a non-2xx answer of the storage host: the gateway's class, its own hint."""
+) -> StorageError:
+    """The error for a non-2xx answer of the storage host, with its own hint."""
     text = raw.decode("utf-8", "replace")
     fields = {name: pattern.search(text) for name, pattern in _XML_FIELD.items()}
     code = fields["Code"].group(1).strip() if fields["Code"] else None
     message = fields["Message"].group(1).strip() if fields["Message"] else None
-    cls, _ = _classify(status, None, from_gateway=False)
-    return cls(
+    return StorageError(
         method="GET",
         path=shown,
         status=status,
