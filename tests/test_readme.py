@@ -90,3 +90,34 @@ def test_testing_example_passes_as_a_pytest_file(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "1 passed" in done.stdout
+
+
+def reliability_bullets() -> list[str]:
+    """The bullets of the README's reliability section, each as one string."""
+    start = README.index("## Reliability")
+    end = README.index("\n## ", start + 1)
+    bullets: list[str] = []
+    for line in README[start:end].splitlines():
+        if line.startswith("- "):
+            bullets.append(line)
+        elif line.startswith("  ") and bullets:
+            bullets[-1] += " " + line.strip()
+    return bullets
+
+
+def test_every_reliability_promise_names_tests_that_exist() -> None:
+    """Each bullet of the reliability contract names the tests that check it, and they exist."""
+    bullets = reliability_bullets()
+    assert len(bullets) >= 10
+    defined = set(
+        re.findall(
+            r"^(?:async )?def (test_\w+)\(",
+            "\n".join(p.read_text(encoding="utf-8") for p in (ROOT / "tests").glob("test_*.py")),
+            re.MULTILINE,
+        )
+    )
+    for bullet in bullets:
+        match = re.search(r"<!-- tests: ([\w, ]+) -->", bullet)
+        assert match is not None, f"no tests named for: {bullet[:80]}"
+        named = [name.strip() for name in match.group(1).split(",")]
+        assert set(named) <= defined, (bullet[:80], set(named) - defined)
