@@ -18,7 +18,7 @@ from wan_async import (
     VideoRequest,
     WanClient,
 )
-from wan_async.testing import FakeGateway, Fault, ScaledClock
+from wan_async.testing import FakeGateway, Fault, ScaledClock, sample_video
 
 from .conftest import fixed_processing, make_client
 
@@ -190,7 +190,7 @@ async def test_download_dir_saves_each_video_as_it_succeeds(
         if o.ok:
             assert o.path is not None
             assert o.path.parent == folder
-            assert o.path.stat().st_size == 65536
+            assert o.path.read_bytes() == sample_video()
         else:
             assert o.path is None
     assert sorted(p.name for p in folder.iterdir()) == sorted(

@@ -17,6 +17,7 @@ from .._clock import Clock, ScaledClock, SystemClock
 from ._faults import Fault, RequestKind, Target
 from ._gateway import FakeGateway
 from ._stats import GatewayStats, TaskInfo
+from ._storage import sample_video
 from ._upstream import default_processing_time
 
 __all__ = [
@@ -30,4 +31,5 @@ __all__ = [
     "Target",
     "TaskInfo",
     "default_processing_time",
+    "sample_video",
 ]

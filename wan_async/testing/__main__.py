@@ -40,6 +40,12 @@ def _parser() -> argparse.ArgumentParser:
         "--failure-rate", type=float, default=0.0, help="fraction of tasks failing (default: 0)"
     )
     parser.add_argument(
+        "--video-bytes",
+        type=int,
+        default=None,
+        help="serve N deterministic bytes per video instead of the bundled playable clip",
+    )
+    parser.add_argument(
         "--allow-remote",
         action="store_true",
         help="allow a non-loopback --host (the simulator has no real security)",
@@ -67,6 +73,7 @@ async def _serve(args: argparse.Namespace) -> None:
         queue=args.queue,
         seed=args.seed,
         failure_rate=args.failure_rate,
+        video_bytes=args.video_bytes,
     ) as gateway:
         print(f"gateway:  {gateway.base_url}", flush=True)
         print(f"storage:  {gateway.storage_url}", flush=True)

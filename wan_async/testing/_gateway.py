@@ -132,7 +132,9 @@ class FakeGateway:
         url_field: where a success puts the video URL: ``"fail_reason"`` (and
             ``output.video_url``), ``"result_url"`` (also ``result_url``), or ``"output"``
             (``output.video_url`` only).
-        video_bytes: size of every video.
+        video_bytes: ``None`` (the default): every video is the bundled clip, a real, playable
+            2 s MP4 (:func:`~wan_async.testing.sample_video`); an integer: every task's video
+            is that many deterministic bytes of its own (not playable), for large downloads.
         url_ttl: how long a video URL works after the task finished upstream.
         task_id_style: ``"task"`` (``task_`` + 32 alphanumerics) or ``"uuid"``.
         task_ttl: tasks still unfinished this long after submit are failed by the gateway.
@@ -166,7 +168,7 @@ class FakeGateway:
         failure_rate: float = 0.0,
         fail_reason_style: FailReasonStyle = "short",
         url_field: UrlField = "fail_reason",
-        video_bytes: int = 65536,
+        video_bytes: int | None = None,
         url_ttl: float = 86400.0,
         task_id_style: TaskIdStyle = "task",
         task_ttl: float = 86400.0,
@@ -212,7 +214,9 @@ class FakeGateway:
         )
         self._failure_rate = float(failure_rate)
         self._style = ViewStyle(url_field=url_field, fail_reason_style=fail_reason_style)
-        self._video_bytes = non_negative_int("video_bytes", video_bytes)
+        self._video_bytes = (
+            None if video_bytes is None else non_negative_int("video_bytes", video_bytes)
+        )
         self._url_ttl = positive("url_ttl", url_ttl)
         self._task_id_style = task_id_style
         self._task_ttl = positive("task_ttl", task_ttl)
