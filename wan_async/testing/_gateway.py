@@ -45,24 +45,32 @@ from ._checks import (
     positive,
     positive_int,
 )
-from ._faults import Fault, FaultChoice, FaultPlan, RequestKind, Target
+from ._faults import AFTER_UPSTREAM_CODES, Fault, FaultChoice, FaultPlan, RequestKind, Target
 from ._stats import GatewayStats, TaskInfo
 from ._storage import Signer, VideoStore
 from ._view import FailReasonStyle, GatewayTask, UrlField, ViewStyle, submit_json
 from ._wire import (
+    LOGIN_PATH,
     REQUEST_ID_HEADER,
     abort,
     bad_gateway_html,
     json_response,
+    login_page,
     middleware_error,
+    not_json_page,
+    redirect_to_login,
     retry_after_value,
     task_error,
+    too_many_requests_html,
     truncated,
     unix,
     upstream_error,
 )
 
 TaskIdStyle = Literal["task", "uuid"]
+#: How a down gateway looks: connections refused, or nginx's 502 page for every request.
+DownMode = Literal["refuse", "bad_gateway"]
+KeyState = Literal["active", "revoked", "forbidden"]
 _Reply = tuple[web.StreamResponse, str]
 
 _SUBMIT_PATH = "/v1/video/generations"
@@ -79,6 +87,20 @@ _DO_REQUEST_FAILED = (
     'do request failed: Post "https://dashscope.aliyuncs.com/api/v1/services/aigc/'
     'video-generation/video-synthesis": read tcp: connection reset by peer'
 )
+# What the gateway says when it fails after upstream accepted the task (SPEC §2).
+_AFTER_UPSTREAM_MESSAGES: Mapping[str, str] = {
+    "do_request_failed": (
+        'do request failed: Post "https://dashscope.aliyuncs.com/api/v1/services/aigc/'
+        'video-generation/video-synthesis": context deadline exceeded '
+        "(Client.Timeout exceeded while awaiting headers)"
+    ),
+    "read_response_body_failed": "unexpected EOF",
+    "unmarshal_response_body_failed": "unexpected end of JSON input",
+    "invalid_response": "upstream returned no task_id",
+    "insert_task_failed": "Error 1205 (HY000): Lock wait timeout exceeded; try restarting "
+    "transaction",
+}
+_KEY_FORBIDDEN = "Your IP is not in the list of addresses this token may be used from"
 # Parameters upstream accepts, by where they sit in the submitted body (SPEC §2).
 _INPUT_KEYS = ("negative_prompt", "audio_url")
 _PARAMETER_KEYS = (
@@ -258,7 +280,13 @@ class FakeGateway:
         self._cursor = 0
         self._last_now = -math.inf
         self._state: Literal["new", "running", "closed"] = "new"
+        # Tasks upstream accepted that the gateway never stored (an error after upstream).
+        self._unrecorded: dict[str, GatewayTask] = {}
+        self._key_state: KeyState = "active"
+        self._down: DownMode | None = None
         self._runners: list[web.AppRunner] = []
+        self._gateway_runner: web.AppRunner | None = None
+        self._gateway_site: web.TCPSite | None = None
         self._refresher: asyncio.Task[None] | None = None
         self._base_url: str | None = None
         self._storage_url: str | None = None
@@ -276,32 +304,42 @@ class FakeGateway:
             raise RuntimeError(msg)
         self._state = "running"
         try:
-            storage_port = await self._serve(self._storage_app(), self._storage_port)
+            _, _, storage_port = await self._serve(self._storage_app(), self._storage_port)
             self._storage_url = self._url(storage_port)
-            port = await self._serve(self._gateway_app(), self._port)
+            runner, site, port = await self._serve(self._gateway_app(), self._port)
+            self._gateway_runner, self._gateway_site = runner, site
+            self._port = port
             self._base_url = self._url(port)
         except BaseException:
             await self.aclose()
             raise
-        self._refresher = asyncio.create_task(self._refresh_loop(), name="FakeGateway refresh")
+        self._start_refresher()
 
     async def aclose(self) -> None:
         """Stop the refresh loop and close both sites. Safe to call more than once."""
         if self._state == "closed":
             return
         self._state = "closed"
-        refresher, self._refresher = self._refresher, None
         try:
-            if refresher is not None:
-                refresher.cancel()
-                # asyncio.wait never raises the task's CancelledError, yet lets our own
-                # cancellation through.
-                await asyncio.wait([refresher])
+            await self._stop_refresher()
         finally:
             runners, self._runners = self._runners, []
             for runner in reversed(runners):
                 await runner.cleanup()
-        if refresher is not None and not refresher.cancelled():
+
+    def _start_refresher(self) -> None:
+        self._refresher = asyncio.create_task(self._refresh_loop(), name="FakeGateway refresh")
+
+    async def _stop_refresher(self) -> None:
+        """Cancel the refresh loop and wait for it; re-raise what it crashed with, if it did."""
+        refresher, self._refresher = self._refresher, None
+        if refresher is None:
+            return
+        refresher.cancel()
+        # asyncio.wait never raises the task's CancelledError, yet lets our own
+        # cancellation through.
+        await asyncio.wait([refresher])
+        if not refresher.cancelled():
             crash = refresher.exception()
             if crash is not None:
                 raise crash
@@ -381,6 +419,25 @@ class FakeGateway:
         """Snapshots of every task, in submission order."""
         return [self._info(task) for task in self._tasks.values()]
 
+    def unrecorded_tasks(self) -> list[TaskInfo]:
+        """Tasks upstream accepted (and billed) that the gateway never stored, in order.
+
+        They come from the submit faults answered 500 after upstream accepted the task
+        (``Fault.INSERT_TASK_FAILED`` and its kin): no GET finds them, no refresh sees them,
+        yet they run upstream, hold slots and count in ``stats.tasks_per_prompt``.
+        """
+        return [self._info(task) for task in self._unrecorded.values()]
+
+    @property
+    def is_down(self) -> bool:
+        """Whether :meth:`go_down` is in force."""
+        return self._down is not None
+
+    @property
+    def key_state(self) -> KeyState:
+        """``"active"``, ``"revoked"`` (401 for every request) or ``"forbidden"`` (403)."""
+        return self._key_state
+
     def detection_lags(self) -> list[float]:
         """For each finished task a client saw end: first terminal GET - gateway finish time."""
         return [
@@ -396,27 +453,110 @@ class FakeGateway:
         fault: Fault,
         *,
         on: Target = "any",
-        times: int = 1,
+        times: int | None = 1,
         delay: float | None = None,
         retry_after: float | None = None,
+        task_id: str | None = None,
     ) -> None:
         """Make the next ``times`` requests of kind ``on`` that ``fault`` applies to fail so.
+
+        Injections are consulted in the order they were made; the first that matches a
+        request hits it.
 
         Args:
             fault: what goes wrong.
             on: ``"submit"``, ``"get"``, ``"download"`` or ``"any"``.
-            times: how many requests it hits.
+            times: how many requests it hits; ``None``: every one until :meth:`clear_faults`.
             delay: real seconds, for ``Fault.SLOW`` (default: ``slow_delay``).
-            retry_after: header seconds, for ``Fault.RATE_LIMIT_RETRY_AFTER``.
+            retry_after: header seconds, for ``Fault.RATE_LIMIT_RETRY_AFTER`` (default:
+                ``retry_after``) and ``Fault.RATE_LIMIT_HTML`` (default: no header).
+            task_id: hit only the GETs and downloads naming this task (e.g. a GET that never
+                parses for one task: ``inject(Fault.NOT_JSON, task_id=t, times=None)``).
 
         Raises:
             ValueError: ``fault`` never applies to ``on`` requests, or a bad count.
         """
-        self._faults.inject(fault, on=on, times=times, delay=delay, retry_after=retry_after)
+        self._faults.inject(
+            fault, on=on, times=times, delay=delay, retry_after=retry_after, task_id=task_id
+        )
 
-    def clear_faults(self) -> None:
-        """Forget injected faults not yet consumed."""
-        self._faults.clear()
+    def clear_faults(self, fault: Fault | None = None) -> None:
+        """Forget injected faults not yet consumed: all of them, or only those of ``fault``."""
+        self._faults.clear(fault)
+
+    def revoke_key(self) -> None:
+        """Revoke the API key: from now on every gateway request gets 401 (middleware shape).
+
+        Downloads are unaffected (they carry no key). :meth:`restore_key` undoes it;
+        :meth:`rotate_key` issues a new key.
+        """
+        self._key_state = "revoked"
+
+    def forbid_key(self) -> None:
+        """Forbid the API key: from now on every gateway request gets 403 (middleware shape),
+        as when an operator restricts the key's IP addresses. :meth:`restore_key` undoes it.
+        """
+        self._key_state = "forbidden"
+
+    def restore_key(self) -> None:
+        """Accept :attr:`api_key` again after :meth:`revoke_key` or :meth:`forbid_key`."""
+        self._key_state = "active"
+
+    def rotate_key(self, new_key: str) -> None:
+        """Accept ``new_key`` only, from now on: the old key gets 401 on every request.
+
+        Raises:
+            ValueError: ``new_key`` is empty.
+        """
+        if not isinstance(new_key, str) or not new_key:
+            msg = f"new_key must be a non-empty string, got {new_key!r}"
+            raise ValueError(msg)
+        self.api_key = new_key
+        self._key_state = "active"
+
+    async def go_down(self, mode: DownMode = "refuse") -> None:
+        """Take the gateway down until :meth:`come_back` (the object storage stays up).
+
+        Args:
+            mode: ``"refuse"``: the gateway stops listening, so new connections are refused
+                (nothing can have been created), and a request on a connection opened
+                before is dropped unanswered. ``"bad_gateway"``: the nginx in front stays
+                up and answers every gateway request 502 with its HTML page.
+
+        While down, the refresh loop does not run (the gateway process is gone); upstream
+        goes on working. Taking a down gateway down again only changes the mode.
+        """
+        check_choice("mode", mode, ("refuse", "bad_gateway"))
+        if self._state != "running":
+            msg = f"FakeGateway is {self._state}; only a running gateway can go down"
+            raise RuntimeError(msg)
+        if self._down is None:
+            self._catch_up()
+            await self._stop_refresher()
+        if mode == "refuse" and self._down != "refuse":
+            site, self._gateway_site = self._gateway_site, None
+            if site is not None:
+                await site.stop()
+            if self._gateway_runner is not None and self._gateway_runner.server is not None:
+                # The gateway process is gone: every open connection drops, even busy ones.
+                for connection in self._gateway_runner.server.connections:
+                    connection.force_close()
+        elif mode == "bad_gateway" and self._down == "refuse":
+            await self._listen_again()
+        self._down = mode
+
+    async def come_back(self) -> None:
+        """End :meth:`go_down`: listen again on the same port and restart the refresh loop.
+
+        The loop starts afresh, as a restarted gateway's does: its first pass comes
+        ``first_refresh`` after now. Does nothing if the gateway is not down.
+        """
+        if self._down is None:
+            return
+        if self._down == "refuse":
+            await self._listen_again()
+        self._down = None
+        self._start_refresher()
 
     def finish_now(
         self,
@@ -455,6 +595,9 @@ class FakeGateway:
         return len(batch)
 
     # -- refresh loop ------------------------------------------------------------------------
+
+    def _catch_up(self) -> None:
+        """Run the refreshes due by now (the loop's schedule, when it lags behind)."""
 
     async def _refresh_loop(self) -> None:
         """Run a pass every ``tick``, on a fixed schedule that skips ticks it fell behind on."""
@@ -495,8 +638,21 @@ class FakeGateway:
         app = web.Application()
         app.router.add_post(_SUBMIT_PATH, self._endpoint("submit", self._submit))
         app.router.add_get(_SUBMIT_PATH + "/{task_id}", self._endpoint("get", self._get))
+        app.router.add_get(LOGIN_PATH, self._login)
         app.router.add_route("*", "/{tail:.*}", self._endpoint(None, self._no_route))
         return app
+
+    async def _login(self, request: web.Request) -> web.StreamResponse:
+        """The page ``Fault.REDIRECT`` sends clients to (a proxy's, not the gateway's)."""
+        return login_page()
+
+    async def _listen_again(self) -> None:
+        """Bind the gateway's port again after ``go_down("refuse")``."""
+        if self._gateway_runner is None or self._gateway_site is not None:
+            return
+        site = web.TCPSite(self._gateway_runner, self._host, self._port)
+        await site.start()
+        self._gateway_site = site
 
     def _endpoint(
         self,
@@ -507,7 +663,14 @@ class FakeGateway:
 
         async def endpoint(request: web.Request) -> web.StreamResponse:
             request_id = self._request_id()
-            response, outcome = await handler(request, request_id)
+            response: web.StreamResponse
+            if self._down == "refuse":
+                # A request on a connection opened before the gateway went down.
+                response, outcome = abort(request), "refused"
+            elif self._down == "bad_gateway":
+                response, outcome = bad_gateway_html(), "502"
+            else:
+                response, outcome = await handler(request, request_id)
             if not response.prepared:
                 response.headers[REQUEST_ID_HEADER] = request_id
             if kind is not None:
@@ -531,15 +694,21 @@ class FakeGateway:
         early = await self._early_fault(request, choice)
         if early is not None:
             return early
-        response = self._create(request, raw, request_id)
+        response = self._create(request, raw, request_id, None if choice is None else choice.fault)
         if choice is not None and choice.fault is Fault.DROP_AFTER_CREATE:
             return abort(request), "drop_after_create"
         if choice is not None and choice.fault is Fault.TRUNCATED_JSON:
             return truncated(response), "truncated"
         return response, str(response.status)
 
-    def _create(self, request: web.Request, raw: bytes, request_id: str) -> web.Response:
-        """Run a submit's checks in the gateway's order; create the task if all pass."""
+    def _create(
+        self, request: web.Request, raw: bytes, request_id: str, fault: Fault | None
+    ) -> web.Response:
+        """Run a submit's checks in the gateway's order; create the task if all pass.
+
+        ``fault`` may make the gateway fail after upstream accepted the task, or leave the
+        task id out of its answer.
+        """
         denied = self._auth_error(request, request_id)
         if denied is not None:
             return denied
@@ -568,18 +737,21 @@ class FakeGateway:
         if rejection is not None:
             message = upstream_error("InvalidParameter", rejection)
             return task_error(400, "fail_to_fetch_task", message)
-        task = self._new_task(body, prompt, model)
-        return json_response(
-            200,
-            {
-                "id": task.task_id,
-                "object": "video",
-                "model": model,
-                "status": "queued",
-                "progress": 0,
-                "created_at": unix(task.created_at),
-            },
-        )
+        code = AFTER_UPSTREAM_CODES.get(fault) if fault is not None else None
+        task = self._new_task(body, prompt, model, recorded=code is None)
+        if code is not None:
+            return task_error(500, code, _AFTER_UPSTREAM_MESSAGES[code])
+        answer: dict[str, Any] = {
+            "id": task.task_id,
+            "object": "video",
+            "model": model,
+            "status": "queued",
+            "progress": 0,
+            "created_at": unix(task.created_at),
+        }
+        if fault is Fault.NO_TASK_ID:
+            del answer["id"]
+        return json_response(200, answer)
 
     async def _get(self, request: web.Request, request_id: str) -> _Reply:
         task_id = request.match_info["task_id"]
@@ -587,7 +759,7 @@ class FakeGateway:
         known = self._tasks.get(task_id)
         if known is not None:
             known.get_times.append(self._now())
-        choice = self._take_fault("get")
+        choice = self._take_fault("get", task_id)
         early = await self._early_fault(request, choice)
         if early is not None:
             return early
@@ -596,6 +768,8 @@ class FakeGateway:
             return denied, str(denied.status)
         if self._bucket is not None and not self._bucket.take():
             return task_error(429, "fail_to_fetch_task", _THROTTLED), "429"
+        if choice is not None and choice.fault is Fault.WRONG_SHAPE:
+            return json_response(200, {"code": "success", "data": None}), "200"
         task = self._tasks.get(task_id)
         if task is None:
             return task_error(400, "task_not_exist", "task_not_exist"), "400"
@@ -615,6 +789,10 @@ class FakeGateway:
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or token.strip() != self.api_key:
             return middleware_error(401, "Invalid token", request_id)
+        if self._key_state == "revoked":
+            return middleware_error(401, "This token has been disabled", request_id)
+        if self._key_state == "forbidden":
+            return middleware_error(403, _KEY_FORBIDDEN, request_id)
         return None
 
     # -- HTTP: object storage ----------------------------------------------------------------
@@ -622,11 +800,13 @@ class FakeGateway:
     def _storage_app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/videos/{name}", self._download)
+        app.router.add_get(LOGIN_PATH, self._login)
         return app
 
     async def _download(self, request: web.Request) -> web.StreamResponse:
         self.stats.download_auth_headers.append("Authorization" in request.headers)
-        choice = self._take_fault("download")
+        task_id = request.match_info["name"].removesuffix(".mp4")
+        choice = self._take_fault("download", task_id)
         early = await self._early_fault(request, choice)
         if early is not None:
             response, outcome = early
@@ -646,8 +826,8 @@ class FakeGateway:
 
     # -- faults ------------------------------------------------------------------------------
 
-    def _take_fault(self, kind: RequestKind) -> FaultChoice | None:
-        choice = self._faults.take(kind)
+    def _take_fault(self, kind: RequestKind, task_id: str | None = None) -> FaultChoice | None:
+        choice = self._faults.take(kind, task_id)
         if choice is not None:
             self.stats.faults[(kind, choice.fault)] += 1
         return choice
@@ -674,18 +854,30 @@ class FakeGateway:
             if fault is Fault.RATE_LIMIT_RETRY_AFTER:
                 response.headers["Retry-After"] = retry_after_value(choice.retry_after)
             return response, "429"
+        if fault is Fault.RATE_LIMIT_HTML:
+            given = choice.retry_after_given
+            header = retry_after_value(choice.retry_after) if given else None
+            return too_many_requests_html(header), "429"
+        if fault is Fault.REDIRECT:
+            origin = f"{request.scheme}://{request.host}"
+            return redirect_to_login(origin, request.path_qs), "302"
+        if fault is Fault.NOT_JSON:
+            return not_json_page(), "200"
         return None
 
     # -- helpers -----------------------------------------------------------------------------
 
-    def _new_task(self, body: Mapping[str, Any], prompt: str, model: str) -> GatewayTask:
+    def _new_task(
+        self, body: Mapping[str, Any], prompt: str, model: str, *, recorded: bool = True
+    ) -> GatewayTask:
+        """Create the task upstream (billed) and, if ``recorded``, store the gateway's row."""
         now = self._now()
         upstream_id = self._uuid_from(self._id_rng)
         task_id = upstream_id if self._task_id_style == "uuid" else self._task_id()
         params = _parameters(body)
         rules = MODEL_RULES.get(model)
         task = GatewayTask(
-            row_id=len(self._tasks) + 1,
+            row_id=len(self._tasks) + 1 if recorded else 0,
             task_id=task_id,
             prompt=prompt,
             model=model,
@@ -697,9 +889,12 @@ class FakeGateway:
             data=submit_json(upstream_id, self._uuid()),
         )
         self._upstream.submit(task.upstream, now)
+        self.stats.tasks_per_prompt[prompt] += 1
+        if not recorded:
+            self._unrecorded[task_id] = task
+            return task
         self._tasks[task_id] = task
         self._unfinished[task_id] = task
-        self.stats.tasks_per_prompt[prompt] += 1
         return task
 
     def _upstream_task(
@@ -723,6 +918,7 @@ class FakeGateway:
     def _info(self, task: GatewayTask) -> TaskInfo:
         failure = task.upstream.failure
         return TaskInfo(
+            recorded=task.row_id != 0,
             task_id=task.task_id,
             prompt=task.prompt,
             model=task.model,
@@ -767,8 +963,10 @@ class FakeGateway:
         host = f"[{self._host}]" if ":" in self._host else self._host
         return f"http://{host}:{port}"
 
-    async def _serve(self, app: web.Application, port: int) -> int:
-        """Serve ``app`` on ``port`` (0: any) of our host; return the port bound."""
+    async def _serve(
+        self, app: web.Application, port: int
+    ) -> tuple[web.AppRunner, web.TCPSite, int]:
+        """Serve ``app`` on ``port`` (0: any) of our host; return the runner, site and port."""
         runner = web.AppRunner(
             app, access_log=None, handle_signals=False, shutdown_timeout=_SHUTDOWN_TIMEOUT
         )
@@ -777,7 +975,7 @@ class FakeGateway:
         site = web.TCPSite(runner, self._host, port)
         await site.start()
         address = runner.addresses[0]
-        return int(address[1])
+        return runner, site, int(address[1])
 
     def _require_started(self, url: str | None) -> str:
         if url is None:

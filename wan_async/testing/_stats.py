@@ -57,6 +57,10 @@ class TaskInfo:
     task_id: str
     prompt: str
     model: str
+    #: Whether the gateway stored the task. ``False`` for a task upstream accepted while the
+    #: gateway answered an error (e.g. ``insert_task_failed``): it runs and is billed, but no
+    #: GET finds it and the gateway's ``status`` stays ``NOT_START``.
+    recorded: bool = True
     #: The gateway's ``data.status`` and ``data.progress`` as of the last refresh.
     status: str
     progress: str
