@@ -3,7 +3,8 @@
 Three layers, as in production:
 
 - the *gateway* answers submits and GETs. GETs read its database only; a background loop
-  refreshes unfinished tasks from upstream once per ``tick`` (SPEC §3.2);
+  refreshes unfinished tasks from upstream (SPEC §3.2): all at once every ``tick``, or one
+  after another with a cost per task (``refresh="sequential"``);
 - *upstream* runs a few tasks at a time per account (:mod:`._upstream`);
 - the *object storage*, on a second port, serves the finished videos (:mod:`._storage`).
 
@@ -23,7 +24,7 @@ import math
 import random
 import string
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Literal
 
@@ -41,12 +42,15 @@ from ._checks import (
     check_delay_range,
     check_port,
     check_probability,
+    check_schedule,
+    non_negative,
     non_negative_int,
     positive,
     positive_int,
 )
 from ._faults import AFTER_UPSTREAM_CODES, Fault, FaultChoice, FaultPlan, RequestKind, Target
-from ._stats import GatewayStats, TaskInfo
+from ._refresh import SequentialPasses
+from ._stats import GatewayStats, RefreshPass, TaskFinish, TaskInfo
 from ._storage import Signer, VideoStore
 from ._view import FailReasonStyle, GatewayTask, UrlField, ViewStyle, submit_json
 from ._wire import (
@@ -71,6 +75,8 @@ TaskIdStyle = Literal["task", "uuid"]
 #: How a down gateway looks: connections refused, or nginx's 502 page for every request.
 DownMode = Literal["refuse", "bad_gateway"]
 KeyState = Literal["active", "revoked", "forbidden"]
+#: How the refresh loop walks the unfinished tasks (see ``FakeGateway``).
+RefreshModel = Literal["tick", "sequential"]
 _Reply = tuple[web.StreamResponse, str]
 
 _SUBMIT_PATH = "/v1/video/generations"
@@ -138,9 +144,36 @@ class FakeGateway:
         storage_port: object storage port (0: any free port).
         allow_remote: permit a non-loopback ``host``.
         clock: the clock of all simulated time (default: the system clock).
-        tick: period of the refresh loop (SPEC §3.2).
-        max_refresh_per_tick: tasks refreshed per pass at most; the rest wait their turn.
+        tick: the refresh loop's period (``"tick"``) or sleep between passes
+            (``"sequential"``), SPEC §3.2: 15 s in the gateway's default build, 3 s seen.
+        refresh: how the loop walks the unfinished tasks. ``"tick"`` (the default): every
+            ``tick``, on a fixed schedule, one pass refreshes them all at the same instant.
+            ``"sequential"``, as the real gateway: the loop sleeps ``tick``, then refreshes
+            the unfinished tasks of all tenants one after another, ``refresh_cost`` apart,
+            stamping each as it stores it, then sleeps again. Each task then has its own phase
+            (its place in the pass) and is refreshed every ``tick`` + pass length seconds,
+            which grows with the unfinished tasks on the gateway. Its schedule is exact: a
+            request sees every refresh due by the clock's reading when it arrives, however
+            late the event loop runs (with a clock that never moves by itself, a request or
+            :meth:`task` runs the refreshes due).
+        refresh_cost: seconds one task's refresh takes in a ``"sequential"`` pass (its
+            upstream query), e.g. 0.05; 0 refreshes a whole pass at one instant.
+        first_refresh: clock seconds from :meth:`start` (and :meth:`come_back`) to the first
+            pass (default: ``tick``). Any fraction: the passes need not fall on whole seconds,
+            and ``updated_at``, in whole seconds, hides the sub-second phase.
+        other_tenants: unfinished tasks of other users on the same gateway: a count, or a
+            schedule ``[(seconds_from_start, count), ...]``. Every pass walks them before ours
+            (their rows are older), so in ``"sequential"`` mode they lengthen the pass; they
+            count against ``max_refresh_per_tick``; our key never sees them, and they take no
+            upstream slot of ours. See :meth:`set_other_tenants`.
+        max_refresh_per_tick: tasks refreshed per pass at most (the operator's
+            ``TASK_QUERY_LIMIT``); ours beyond it wait their turn, in rotation.
         slots: tasks upstream runs at once; the rest wait PENDING.
+        capacity: changes of ``slots`` over time: ``[(seconds_from_start, slots), ...]``
+            (0 slots: upstream starts nothing). Running tasks always finish; a cut retires
+            slots as they free. See :meth:`set_slots`.
+        start_delay: ``(low, high)`` seconds upstream waits before starting a task, drawn
+            uniformly per task, even when a slot is free: the task shows QUEUED meanwhile.
         queue: ``"fifo"`` or ``"shared"`` (other tenants take freed slots for a while).
         shared_delay: ``(low, high)`` delay before a freed slot comes back, for ``"shared"``.
         seed: seed of every random draw (processing times, failures, ids, chaos).
@@ -180,8 +213,14 @@ class FakeGateway:
         allow_remote: bool = False,
         clock: Clock | None = None,
         tick: float = 15.0,
+        refresh: RefreshModel = "tick",
+        refresh_cost: float = 0.0,
+        first_refresh: float | None = None,
+        other_tenants: int | Sequence[tuple[float, int]] = 0,
         max_refresh_per_tick: int = 1000,
         slots: int = 4,
+        capacity: Sequence[tuple[float, int]] = (),
+        start_delay: tuple[float, float] = (0.0, 0.0),
         queue: up.QueuePolicy = "fifo",
         shared_delay: tuple[float, float] = (0.0, 60.0),
         seed: int = 0,
@@ -216,6 +255,8 @@ class FakeGateway:
         check_choice("url_field", url_field, ("fail_reason", "result_url", "output"))
         check_choice("task_id_style", task_id_style, ("task", "uuid"))
         check_delay_range(shared_delay)
+        check_delay_range(start_delay, "start_delay")
+        check_choice("refresh", refresh, ("tick", "sequential"))
         check_probability("failure_rate", failure_rate)
         if isinstance(seed, bool) or not isinstance(seed, int):
             msg = f"seed must be an integer, got {seed!r}"
@@ -227,6 +268,26 @@ class FakeGateway:
         self._storage_port = storage_port
         self._clock: Clock = SystemClock() if clock is None else clock
         self._tick = positive("tick", tick)
+        self._refresh_model: RefreshModel = refresh
+        self._refresh_cost = non_negative("refresh_cost", refresh_cost)
+        if refresh == "tick" and self._refresh_cost > 0:
+            msg = 'refresh_cost needs refresh="sequential" (a "tick" pass takes no time)'
+            raise ValueError(msg)
+        self._first_refresh = (
+            self._tick if first_refresh is None else non_negative("first_refresh", first_refresh)
+        )
+        if isinstance(other_tenants, int):  # non_negative_int refuses a bool
+            self._foreign = non_negative_int("other_tenants", other_tenants)
+            self._foreign_plan: list[tuple[float, int]] = []
+        else:
+            self._foreign = 0
+            self._foreign_plan = check_schedule("other_tenants", other_tenants, 0)
+        # Absolute (clock time, count) changes of other tenants' tasks, from start().
+        self._foreign_changes: list[tuple[float, int]] = []
+        self._capacity_plan = check_schedule("capacity", capacity, 0)
+        self._passes: SequentialPasses[GatewayTask] = SequentialPasses(
+            sleep=self._tick, cost=self._refresh_cost
+        )
         self._max_refresh = positive_int("max_refresh_per_tick", max_refresh_per_tick)
         if not (isinstance(processing_spread, (int, float)) and processing_spread >= 0):
             msg = f"processing_spread must be a number >= 0, got {processing_spread!r}"
@@ -257,6 +318,8 @@ class FakeGateway:
             queue=queue,
             shared_delay=(float(shared_delay[0]), float(shared_delay[1])),
             rng=random.Random(f"{seed}:shared-queue"),
+            start_delay=(float(start_delay[0]), float(start_delay[1])),
+            delay_rng=random.Random(f"{seed}:start-delay"),
         )
         self._faults = FaultPlan(
             rates=fault_rates or {},
@@ -288,6 +351,7 @@ class FakeGateway:
         self._gateway_runner: web.AppRunner | None = None
         self._gateway_site: web.TCPSite | None = None
         self._refresher: asyncio.Task[None] | None = None
+        self._started_at: float | None = None
         self._base_url: str | None = None
         self._storage_url: str | None = None
 
@@ -313,7 +377,11 @@ class FakeGateway:
         except BaseException:
             await self.aclose()
             raise
-        self._start_refresher()
+        self._started_at = now = self._now()
+        for offset, slots in self._capacity_plan:
+            self._upstream.schedule_slots(slots, now + offset)
+        self._foreign_changes = [(now + offset, n) for offset, n in self._foreign_plan]
+        self._start_refresher(now)
 
     async def aclose(self) -> None:
         """Stop the refresh loop and close both sites. Safe to call more than once."""
@@ -327,8 +395,14 @@ class FakeGateway:
             for runner in reversed(runners):
                 await runner.cleanup()
 
-    def _start_refresher(self) -> None:
-        self._refresher = asyncio.create_task(self._refresh_loop(), name="FakeGateway refresh")
+    def _start_refresher(self, now: float) -> None:
+        """Start the refresh loop afresh at ``now``: its first pass ``first_refresh`` later."""
+        if self._refresh_model == "sequential":
+            self._passes.restart(now + self._first_refresh)
+            loop = self._sequential_loop()
+        else:
+            loop = self._refresh_loop()
+        self._refresher = asyncio.create_task(loop, name="FakeGateway refresh")
 
     async def _stop_refresher(self) -> None:
         """Cancel the refresh loop and wait for it; re-raise what it crashed with, if it did."""
@@ -379,8 +453,32 @@ class FakeGateway:
 
     @property
     def tick(self) -> float:
-        """The refresh loop's period, in clock seconds."""
+        """The refresh loop's period (``"tick"``) or sleep between passes (``"sequential"``)."""
         return self._tick
+
+    @property
+    def refresh(self) -> RefreshModel:
+        """How the refresh loop walks the tasks: ``"tick"`` or ``"sequential"``."""
+        return self._refresh_model
+
+    @property
+    def started_at(self) -> float:
+        """The clock's time when :meth:`start` ran (schedules count from it)."""
+        if self._started_at is None:
+            msg = "FakeGateway is not running; use 'async with FakeGateway(...)' or start()"
+            raise RuntimeError(msg)
+        return self._started_at
+
+    @property
+    def slots(self) -> int:
+        """Upstream's capacity now (see ``capacity`` and :meth:`set_slots`)."""
+        self._catch_up()
+        return self._upstream.slots
+
+    @property
+    def other_tenants(self) -> int:
+        """Other tenants' unfinished tasks on the gateway now."""
+        return self._foreign_at(self._now())
 
     @property
     def download_auth_headers(self) -> list[bool]:
@@ -408,15 +506,18 @@ class FakeGateway:
         return self._faults.pending
 
     def task(self, task_id: str) -> TaskInfo:
-        """A snapshot of one task.
+        """A snapshot of one task (stored or not: see :meth:`unrecorded_tasks`).
 
         Raises:
             KeyError: no task has this id.
         """
-        return self._info(self._tasks[task_id])
+        self._catch_up()
+        task = self._tasks.get(task_id) or self._unrecorded[task_id]
+        return self._info(task)
 
     def tasks(self) -> list[TaskInfo]:
-        """Snapshots of every task, in submission order."""
+        """Snapshots of every task the gateway stored, in submission order."""
+        self._catch_up()
         return [self._info(task) for task in self._tasks.values()]
 
     def unrecorded_tasks(self) -> list[TaskInfo]:
@@ -426,6 +527,7 @@ class FakeGateway:
         (``Fault.INSERT_TASK_FAILED`` and its kin): no GET finds them, no refresh sees them,
         yet they run upstream, hold slots and count in ``stats.tasks_per_prompt``.
         """
+        self._catch_up()
         return [self._info(task) for task in self._unrecorded.values()]
 
     @property
@@ -440,6 +542,7 @@ class FakeGateway:
 
     def detection_lags(self) -> list[float]:
         """For each finished task a client saw end: first terminal GET - gateway finish time."""
+        self._catch_up()
         return [
             task.first_terminal_get - task.finish_time
             for task in self._tasks.values()
@@ -556,7 +659,7 @@ class FakeGateway:
         if self._down == "refuse":
             await self._listen_again()
         self._down = None
-        self._start_refresher()
+        self._start_refresher(self._now())
 
     def finish_now(
         self,
@@ -574,63 +677,160 @@ class FakeGateway:
             KeyError: no task has this id.
             ValueError: upstream has already ended it.
         """
-        task = self._tasks[task_id]
+        self._catch_up()
+        task = self._tasks.get(task_id) or self._unrecorded[task_id]
         default_code, default_message = up.INTERNAL_ERROR
         failure = None if success else (code or default_code, message or default_message)
         self._upstream.finish_now(task.upstream, self._now(), failure=failure)
 
     def refresh_now(self) -> int:
-        """Run one refresh pass at once (the loop runs them every ``tick``).
+        """Run one refresh pass at once, all its tasks at this instant (the loop's passes
+        go on as scheduled: in ``"sequential"`` mode this pass costs no time).
 
         Returns:
-            How many tasks it refreshed.
+            How many of our tasks it refreshed.
         """
+        self._catch_up()
         now = self._now()
         self._upstream.advance(now)
-        batch = self._next_batch()
+        foreign = min(self._foreign_at(now), self._max_refresh)
+        batch = self._next_batch(self._max_refresh - foreign)
         for task in batch:
             self._refresh(task, now)
-        self.stats.refresh_passes += 1
-        self.stats.task_refreshes += len(batch)
+        self._pass_ended(RefreshPass(start=now, end=now, refreshed=len(batch), foreign=foreign))
         return len(batch)
+
+    def set_slots(self, slots: int) -> None:
+        """Change upstream's capacity now, until a scheduled change (``capacity``) or the
+        next call. More slots start waiting tasks at once; with fewer, running tasks
+        finish and their slots retire until the account is within its capacity.
+
+        Raises:
+            ValueError: ``slots`` is not an integer >= 0.
+        """
+        slots = non_negative_int("slots", slots)
+        self._catch_up()
+        self._upstream.set_slots(slots, self._now())
+
+    def set_other_tenants(self, count: int) -> None:
+        """Other tenants have ``count`` unfinished tasks from now on (until a scheduled
+        change in ``other_tenants``, or the next call).
+
+        Raises:
+            ValueError: ``count`` is not an integer >= 0.
+        """
+        count = non_negative_int("count", count)
+        self._catch_up()
+        if self._started_at is None:
+            self._foreign = count
+            return
+        now = self._now()
+        index = next(
+            (i for i, (at, _) in enumerate(self._foreign_changes) if at > now),
+            len(self._foreign_changes),
+        )
+        self._foreign_changes.insert(index, (now, count))
 
     # -- refresh loop ------------------------------------------------------------------------
 
     def _catch_up(self) -> None:
-        """Run the refreshes due by now (the loop's schedule, when it lags behind)."""
+        """Run the ``"sequential"`` refreshes due by now, each at its own scheduled time.
+
+        Called before anything observes the gateway, so that what a client sees follows the
+        clock, not how promptly the event loop woke the refresh loop up.
+        """
+        if self._refresh_model != "sequential" or self._state != "running" or self._down:
+            return
+        now = self._now()
+        self._upstream.advance(now)
+        self._passes.run_until(
+            now, plan=self._plan_pass, refresh=self._refresh_in_pass, ended=self._pass_ended
+        )
+
+    async def _sequential_loop(self) -> None:
+        """Wake up whenever the sequential schedule has something due, and do it."""
+        while True:
+            await self._clock.sleep(self._passes.next_due - self._now())
+            self._catch_up()
+
+    def _plan_pass(self, start: float) -> tuple[int, list[GatewayTask]]:
+        """Other tenants' task count and our tasks, in order, for a pass starting at ``start``."""
+        foreign = min(self._foreign_at(start), self._max_refresh)
+        # A late wake-up must not let a pass include tasks submitted after it began.
+        return foreign, self._next_batch(self._max_refresh - foreign, created_by=start)
+
+    def _refresh_in_pass(self, task: GatewayTask, at: float) -> None:
+        # refresh_now() may have seen it end since the pass listed it.
+        if not task.terminal:
+            self._refresh(task, at)
+
+    def _pass_ended(self, done: RefreshPass) -> None:
+        self.stats.refresh_passes += 1
+        self.stats.foreign_refreshes += done.foreign
+        self.stats.passes.append(done)
+
+    def _foreign_at(self, moment: float) -> int:
+        """Other tenants' unfinished tasks at ``moment``."""
+        count = self._foreign
+        for at, n in self._foreign_changes:
+            if at > moment:
+                break
+            count = n
+        return count
 
     async def _refresh_loop(self) -> None:
         """Run a pass every ``tick``, on a fixed schedule that skips ticks it fell behind on."""
-        origin = self._clock.monotonic()
+        # Pass n runs at origin + n * tick; the first (n = 1) first_refresh after now.
+        origin = self._clock.monotonic() + self._first_refresh - self._tick
         passes = 0
         while True:
             passes = max(passes + 1, math.floor((self._clock.monotonic() - origin) / self._tick))
             await self._clock.sleep(origin + passes * self._tick - self._clock.monotonic())
             self.refresh_now()
 
-    def _next_batch(self) -> list[GatewayTask]:
-        """The tasks of this pass: all in submission order, or the next share in rotation."""
+    def _next_batch(self, limit: int, created_by: float | None = None) -> list[GatewayTask]:
+        """Our tasks of this pass: all in submission order, or the next ``limit`` in rotation.
+
+        Args:
+            limit: how many of ours the pass may take.
+            created_by: leave out tasks created after this time.
+        """
         tasks = list(self._unfinished.values())
-        if len(tasks) <= self._max_refresh:
+        if created_by is not None:
+            tasks = [t for t in tasks if t.created_at <= created_by]
+        if len(tasks) <= limit:
             self._cursor = 0
             return tasks
+        if limit <= 0:
+            return []
         start = next((i for i, t in enumerate(tasks) if t.row_id > self._cursor), 0)
-        batch = (tasks[start:] + tasks[:start])[: self._max_refresh]
+        batch = (tasks[start:] + tasks[:start])[:limit]
         self._cursor = batch[-1].row_id
         return batch
 
     def _refresh(self, task: GatewayTask, now: float) -> None:
+        """Store ``task`` as upstream shows it at ``now`` (which may be a little past)."""
         if now - task.created_at >= self._task_ttl:
             task.expire(now)
         else:
+            seen = task.upstream.seen_at(now)
             url = ""
-            end = task.upstream.end_time
-            if task.upstream.state == up.SUCCEEDED and end is not None:
-                expires = unix(end + self._url_ttl)
+            if seen.state == up.SUCCEEDED and seen.end_time is not None:
+                expires = unix(seen.end_time + self._url_ttl)
                 url = self._signer.url(self.storage_url, task.task_id, expires)
-            task.refresh(now, request_id=self._uuid(), video_url=url, style=self._style)
+            task.refresh(now, request_id=self._uuid(), video_url=url, style=self._style, seen=seen)
+        self.stats.task_refreshes += 1
         if task.terminal:
             del self._unfinished[task.task_id]
+            assert task.finish_time is not None
+            self.stats.finishes.append(
+                TaskFinish(
+                    task_id=task.task_id,
+                    status=task.status,
+                    upstream_end=task.upstream.end_time if task.upstream.finished else None,
+                    gateway_finish=task.finish_time,
+                )
+            )
 
     # -- HTTP: gateway -----------------------------------------------------------------------
 
@@ -662,6 +862,7 @@ class FakeGateway:
         """Wrap ``handler``: give it a request id, stamp the header, count the outcome."""
 
         async def endpoint(request: web.Request) -> web.StreamResponse:
+            arrived = self._now()
             request_id = self._request_id()
             response: web.StreamResponse
             if self._down == "refuse":
@@ -674,7 +875,8 @@ class FakeGateway:
             if not response.prepared:
                 response.headers[REQUEST_ID_HEADER] = request_id
             if kind is not None:
-                self.stats.requests[(kind, outcome)] += 1
+                task_id = request.match_info.get("task_id")
+                self.stats.record(arrived, kind, outcome, task_id)
             return response
 
         return endpoint
@@ -709,6 +911,7 @@ class FakeGateway:
         ``fault`` may make the gateway fail after upstream accepted the task, or leave the
         task id out of its answer.
         """
+        self._catch_up()
         denied = self._auth_error(request, request_id)
         if denied is not None:
             return denied
@@ -754,6 +957,7 @@ class FakeGateway:
         return json_response(200, answer)
 
     async def _get(self, request: web.Request, request_id: str) -> _Reply:
+        self._catch_up()
         task_id = request.match_info["task_id"]
         self.stats.gets_per_task[task_id] += 1
         known = self._tasks.get(task_id)
@@ -804,6 +1008,7 @@ class FakeGateway:
         return app
 
     async def _download(self, request: web.Request) -> web.StreamResponse:
+        arrived = self._now()
         self.stats.download_auth_headers.append("Authorization" in request.headers)
         task_id = request.match_info["name"].removesuffix(".mp4")
         choice = self._take_fault("download", task_id)
@@ -815,7 +1020,7 @@ class FakeGateway:
             response, outcome = answer, str(answer.status)
             if choice is not None and choice.fault is Fault.TRUNCATED_JSON and content:
                 response, outcome = await _cut_download(request, answer, content), "truncated"
-        self.stats.requests[("download", outcome)] += 1
+        self.stats.record(arrived, "download", outcome, task_id)
         return response
 
     def _video_produced_at(self, task_id: str) -> float | None:
@@ -934,6 +1139,7 @@ class FakeGateway:
             updated_at=task.updated_at,
             gets=self.stats.gets_per_task[task.task_id],
             get_times=tuple(task.get_times),
+            refresh_times=tuple(task.refresh_times),
             video_url=task.video_url,
             fail_code=None if failure is None else failure[0],
             fail_message=None if failure is None else failure[1],
