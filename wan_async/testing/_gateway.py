@@ -49,7 +49,7 @@ from ._checks import (
     positive_int,
 )
 from ._faults import AFTER_UPSTREAM_CODES, Fault, FaultChoice, FaultPlan, RequestKind, Target
-from ._refresh import SequentialPasses
+from ._refresh import SequentialPasses, StepSchedule
 from ._stats import GatewayStats, RefreshPass, TaskFinish, TaskInfo
 from ._storage import Signer, VideoStore
 from ._view import FailReasonStyle, GatewayTask, UrlField, ViewStyle, submit_json
@@ -277,13 +277,11 @@ class FakeGateway:
             self._tick if first_refresh is None else non_negative("first_refresh", first_refresh)
         )
         if isinstance(other_tenants, int):  # non_negative_int refuses a bool
-            self._foreign = non_negative_int("other_tenants", other_tenants)
-            self._foreign_plan: list[tuple[float, int]] = []
+            self._tenants = StepSchedule(non_negative_int("other_tenants", other_tenants))
+            self._tenants_plan: list[tuple[float, int]] = []
         else:
-            self._foreign = 0
-            self._foreign_plan = check_schedule("other_tenants", other_tenants, 0)
-        # Absolute (clock time, count) changes of other tenants' tasks, from start().
-        self._foreign_changes: list[tuple[float, int]] = []
+            self._tenants = StepSchedule(0)
+            self._tenants_plan = check_schedule("other_tenants", other_tenants, 0)
         self._capacity_plan = check_schedule("capacity", capacity, 0)
         self._passes: SequentialPasses[GatewayTask] = SequentialPasses(
             sleep=self._tick, cost=self._refresh_cost
@@ -380,7 +378,8 @@ class FakeGateway:
         self._started_at = now = self._now()
         for offset, slots in self._capacity_plan:
             self._upstream.schedule_slots(slots, now + offset)
-        self._foreign_changes = [(now + offset, n) for offset, n in self._foreign_plan]
+        for offset, count in self._tenants_plan:
+            self._tenants.change(now + offset, count)
         self._start_refresher(now)
 
     async def aclose(self) -> None:
@@ -478,7 +477,7 @@ class FakeGateway:
     @property
     def other_tenants(self) -> int:
         """Other tenants' unfinished tasks on the gateway now."""
-        return self._foreign_at(self._now())
+        return self._tenants.at(self._now())
 
     @property
     def download_auth_headers(self) -> list[bool]:
@@ -693,7 +692,7 @@ class FakeGateway:
         self._catch_up()
         now = self._now()
         self._upstream.advance(now)
-        foreign = min(self._foreign_at(now), self._max_refresh)
+        foreign = min(self._tenants.at(now), self._max_refresh)
         batch = self._next_batch(self._max_refresh - foreign)
         for task in batch:
             self._refresh(task, now)
@@ -721,15 +720,7 @@ class FakeGateway:
         """
         count = non_negative_int("count", count)
         self._catch_up()
-        if self._started_at is None:
-            self._foreign = count
-            return
-        now = self._now()
-        index = next(
-            (i for i, (at, _) in enumerate(self._foreign_changes) if at > now),
-            len(self._foreign_changes),
-        )
-        self._foreign_changes.insert(index, (now, count))
+        self._tenants.change(self._now(), count)
 
     # -- refresh loop ------------------------------------------------------------------------
 
@@ -755,7 +746,7 @@ class FakeGateway:
 
     def _plan_pass(self, start: float) -> tuple[int, list[GatewayTask]]:
         """Other tenants' task count and our tasks, in order, for a pass starting at ``start``."""
-        foreign = min(self._foreign_at(start), self._max_refresh)
+        foreign = min(self._tenants.at(start), self._max_refresh)
         # A late wake-up must not let a pass include tasks submitted after it began.
         return foreign, self._next_batch(self._max_refresh - foreign, created_by=start)
 
@@ -768,15 +759,6 @@ class FakeGateway:
         self.stats.refresh_passes += 1
         self.stats.foreign_refreshes += done.foreign
         self.stats.passes.append(done)
-
-    def _foreign_at(self, moment: float) -> int:
-        """Other tenants' unfinished tasks at ``moment``."""
-        count = self._foreign
-        for at, n in self._foreign_changes:
-            if at > moment:
-                break
-            count = n
-        return count
 
     async def _refresh_loop(self) -> None:
         """Run a pass every ``tick``, on a fixed schedule that skips ticks it fell behind on."""

@@ -10,10 +10,13 @@ the pass, which grows with the number of unfinished tasks.
 the current time, hands every refresh due by then to a callback with its exact time. The
 gateway calls it from its background loop and before answering any request, so what a client
 sees depends on the clock's readings, never on when the event loop got round to it.
+:class:`StepSchedule` holds a count that changes over time: the other tenants' tasks a pass
+walks.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
@@ -111,3 +114,28 @@ class SequentialPasses(Generic[T]):
     def _stamp(self, current: _Pass[T], index: int) -> float:
         """When ``current`` stores our task number ``index`` (or ends, if it has none)."""
         return current.start + (current.foreign + index + 1) * self._cost
+
+
+class StepSchedule:
+    """A count that changes at given times (other tenants' unfinished tasks).
+
+    Args:
+        initial: the count before any change.
+    """
+
+    def __init__(self, initial: int) -> None:
+        self._initial = initial
+        self._times: list[float] = []
+        self._values: list[int] = []
+
+    def change(self, moment: float, value: int) -> None:
+        """From ``moment`` on, the count is ``value`` (until a later change)."""
+        # After any change at the same moment: the last one made wins.
+        index = bisect.bisect_right(self._times, moment)
+        self._times.insert(index, moment)
+        self._values.insert(index, value)
+
+    def at(self, moment: float) -> int:
+        """The count at ``moment``."""
+        index = bisect.bisect_right(self._times, moment)
+        return self._initial if index == 0 else self._values[index - 1]
