@@ -12,6 +12,7 @@ import pytest
 from wan_async.testing import Fault, ScaledClock
 
 from .test_simulator import (
+    EPOCH,
     GOOD,
     KEY,
     PROMPT,
@@ -84,6 +85,20 @@ async def test_error_after_upstream_creates_an_unrecorded_billed_task(
     assert (ghost.upstream_status, ghost.status) == ("SUCCEEDED", "NOT_START")
     assert gw.stats.requests[("submit", "500")] == 1
     assert gw.stats.tasks_created == 2
+
+
+async def test_snapshots_show_upstream_now_without_a_refresh() -> None:
+    """unrecorded_tasks() and task() report upstream's state at the clock's time."""
+    async with serve(processing_time=fixed(10)) as (gw, api):
+        gw.inject(Fault.INSERT_TASK_FAILED)
+        await api.post(GOOD)
+        task_id = await api.submit("stored")
+        advance(gw, 20)
+        (ghost,) = gw.unrecorded_tasks()
+        stored = gw.task(task_id)
+    assert (ghost.upstream_status, ghost.upstream_end) == ("SUCCEEDED", EPOCH + 10)
+    # The gateway's own view waits for a refresh.
+    assert (stored.upstream_status, stored.status) == ("SUCCEEDED", "NOT_START")
 
 
 async def test_server_error_still_creates_nothing() -> None:

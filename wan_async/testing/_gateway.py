@@ -510,13 +510,13 @@ class FakeGateway:
         Raises:
             KeyError: no task has this id.
         """
-        self._catch_up()
+        self._observe()
         task = self._tasks.get(task_id) or self._unrecorded[task_id]
         return self._info(task)
 
     def tasks(self) -> list[TaskInfo]:
         """Snapshots of every task the gateway stored, in submission order."""
-        self._catch_up()
+        self._observe()
         return [self._info(task) for task in self._tasks.values()]
 
     def unrecorded_tasks(self) -> list[TaskInfo]:
@@ -526,7 +526,7 @@ class FakeGateway:
         (``Fault.INSERT_TASK_FAILED`` and its kin): no GET finds them, no refresh sees them,
         yet they run upstream, hold slots and count in ``stats.tasks_per_prompt``.
         """
-        self._catch_up()
+        self._observe()
         return [self._info(task) for task in self._unrecorded.values()]
 
     @property
@@ -653,7 +653,7 @@ class FakeGateway:
         The loop starts afresh, as a restarted gateway's does: its first pass comes
         ``first_refresh`` after now. Does nothing if the gateway is not down.
         """
-        if self._down is None:
+        if self._down is None or self._state != "running":
             return
         if self._down == "refuse":
             await self._listen_again()
@@ -723,6 +723,11 @@ class FakeGateway:
         self._tenants.change(self._now(), count)
 
     # -- refresh loop ------------------------------------------------------------------------
+
+    def _observe(self) -> None:
+        """Bring everything up to now before a snapshot: refreshes due, upstream's events."""
+        self._catch_up()
+        self._upstream.advance(self._now())
 
     def _catch_up(self) -> None:
         """Run the ``"sequential"`` refreshes due by now, each at its own scheduled time.
