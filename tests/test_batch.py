@@ -13,12 +13,12 @@ from wan_async import (
     DeadlineExceeded,
     Outcome,
     RetryPolicy,
-    ServerError,
+    StorageError,
     TaskFailed,
     VideoRequest,
     WanClient,
 )
-from wan_async.testing import FakeGateway, Fault, ScaledClock
+from wan_async.testing import FakeGateway, Fault, ScaledClock, sample_video
 
 from .conftest import fixed_processing, make_client
 
@@ -190,7 +190,7 @@ async def test_download_dir_saves_each_video_as_it_succeeds(
         if o.ok:
             assert o.path is not None
             assert o.path.parent == folder
-            assert o.path.stat().st_size == 65536
+            assert o.path.read_bytes() == sample_video()
         else:
             assert o.path is None
     assert sorted(p.name for p in folder.iterdir()) == sorted(
@@ -207,5 +207,6 @@ async def test_failed_download_keeps_the_result(gateway: FakeGateway, tmp_path: 
             items(1), return_outcomes=True, download_dir=tmp_path
         )
     assert outcome.result is not None
-    assert isinstance(outcome.error, ServerError)
+    assert isinstance(outcome.error, StorageError)
+    assert outcome.error.status == 500
     assert not outcome.ok

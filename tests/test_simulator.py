@@ -847,11 +847,25 @@ def test_constructor_rejects_bad_arguments(kwargs: dict[str, Any]) -> None:
         FakeGateway(**kwargs)
 
 
-def test_command_line_serves_until_sigterm() -> None:
+@pytest.mark.parametrize(
+    "options",
+    [
+        pytest.param([], id="defaults"),
+        pytest.param(
+            [
+                *("--refresh", "sequential", "--refresh-cost", "0.5", "--first-refresh", "1.5"),
+                *("--other-tenants", "3", "--start-delay", "1", "2", "--video-bytes", "1000"),
+            ],
+            id="gateway-models",
+        ),
+    ],
+)
+def test_command_line_serves_until_sigterm(options: list[str]) -> None:
     """``python -m wan_async.testing`` prints its URLs, serves, and stops cleanly on SIGTERM."""
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root)}
     args = [sys.executable, "-m", "wan_async.testing", "--port", "0", "--time-scale", "100"]
+    args += options
     with subprocess.Popen(
         args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     ) as proc:

@@ -8,6 +8,7 @@ gateway time into seconds by sharing one :class:`ScaledClock` between a
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Protocol
 
@@ -36,12 +37,29 @@ class Clock(Protocol):
 
 
 class SystemClock:
-    """The real clock: Unix time, ``time.monotonic`` and ``anyio.sleep``."""
+    """The real clock: Unix time, ``time.monotonic`` and ``anyio.sleep``.
+
+    Args:
+        offset: seconds added to every :meth:`time` reading, to play a machine whose clock is
+            ahead of (positive) or behind (negative) the gateway's; intervals are unchanged.
+    """
 
     scale = 1.0
 
+    def __init__(self, *, offset: float = 0.0) -> None:
+        self._offset = _finite("offset", offset)
+
+    @property
+    def offset(self) -> float:
+        """Seconds this clock's :meth:`time` reads ahead of the system's (negative: behind)."""
+        return self._offset
+
+    def shifted(self, seconds: float) -> SystemClock:
+        """A system clock reading ``seconds`` more than this one (negative: less)."""
+        return SystemClock(offset=self._offset + _finite("seconds", seconds))
+
     def time(self) -> float:
-        return time.time()
+        return time.time() + self._offset
 
     def monotonic(self) -> float:
         return time.monotonic()
@@ -50,7 +68,7 @@ class SystemClock:
         await anyio.sleep(max(0.0, seconds))
 
     def __repr__(self) -> str:
-        return "SystemClock()"
+        return "SystemClock()" if self._offset == 0 else f"SystemClock(offset={self._offset:+g})"
 
 
 class ScaledClock:
@@ -97,5 +115,22 @@ class ScaledClock:
         """The ``time.monotonic()`` reading at which the clock read ``epoch``."""
         return self._real_origin
 
+    def shifted(self, seconds: float) -> ScaledClock:
+        """A clock at the same rate and origin whose :meth:`time` reads ``seconds`` more.
+
+        It plays a client machine whose clock is ahead of (positive) or behind (negative) the
+        gateway's: ``WanClient(clock=gw.clock.shifted(+7))`` sees the gateway's Unix stamps
+        7 s in its past. Intervals, sleeps and :meth:`monotonic` are the same on both clocks.
+        """
+        epoch = self._epoch + _finite("seconds", seconds)
+        return ScaledClock(self._scale, epoch=epoch, origin=self._real_origin)
+
     def __repr__(self) -> str:
         return f"ScaledClock(scale={self._scale:g})"
+
+
+def _finite(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        msg = f"{name} must be a finite number of seconds, got {value!r}"
+        raise ValueError(msg)
+    return float(value)

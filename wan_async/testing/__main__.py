@@ -25,7 +25,42 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--api-key", default="sk-test", help="accepted key (default: sk-test)")
     parser.add_argument(
-        "--tick", type=float, default=15.0, help="refresh period, gateway seconds (default: 15)"
+        "--tick",
+        type=float,
+        default=15.0,
+        help="refresh period, or sleep between sequential passes, gateway seconds (default: 15)",
+    )
+    parser.add_argument(
+        "--refresh",
+        choices=("tick", "sequential"),
+        default="tick",
+        help="refresh all tasks at once every tick, or one after another (default: tick)",
+    )
+    parser.add_argument(
+        "--refresh-cost",
+        type=float,
+        default=0.0,
+        help="seconds per task of a sequential pass (default: 0)",
+    )
+    parser.add_argument(
+        "--first-refresh",
+        type=float,
+        default=None,
+        help="seconds from start to the first pass (default: one tick)",
+    )
+    parser.add_argument(
+        "--other-tenants",
+        type=int,
+        default=0,
+        help="other users' unfinished tasks walked by every pass (default: 0)",
+    )
+    parser.add_argument(
+        "--start-delay",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=(0.0, 0.0),
+        help="seconds upstream waits before starting a task, even with a free slot",
     )
     parser.add_argument(
         "--time-scale",
@@ -38,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--failure-rate", type=float, default=0.0, help="fraction of tasks failing (default: 0)"
+    )
+    parser.add_argument(
+        "--video-bytes",
+        type=int,
+        default=None,
+        help="serve N deterministic bytes per video instead of the bundled playable clip",
     )
     parser.add_argument(
         "--allow-remote",
@@ -63,10 +104,16 @@ async def _serve(args: argparse.Namespace) -> None:
         allow_remote=args.allow_remote,
         clock=clock,
         tick=args.tick,
+        refresh=args.refresh,
+        refresh_cost=args.refresh_cost,
+        first_refresh=args.first_refresh,
+        other_tenants=args.other_tenants,
+        start_delay=tuple(args.start_delay),
         slots=args.slots,
         queue=args.queue,
         seed=args.seed,
         failure_rate=args.failure_rate,
+        video_bytes=args.video_bytes,
     ) as gateway:
         print(f"gateway:  {gateway.base_url}", flush=True)
         print(f"storage:  {gateway.storage_url}", flush=True)

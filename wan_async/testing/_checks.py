@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 
 def positive(name: str, value: float) -> float:
@@ -66,7 +67,7 @@ def check_choice(name: str, value: str, options: tuple[str, ...]) -> None:
         raise ValueError(msg)
 
 
-def check_delay_range(value: tuple[float, float]) -> None:
+def check_delay_range(value: tuple[float, float], name: str = "shared_delay") -> None:
     """Accept ``(low, high)`` seconds with ``0 <= low <= high``."""
     try:
         low, high = value
@@ -74,5 +75,26 @@ def check_delay_range(value: tuple[float, float]) -> None:
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        msg = f"shared_delay must be (low, high) seconds with 0 <= low <= high, got {value!r}"
+        msg = f"{name} must be (low, high) seconds with 0 <= low <= high, got {value!r}"
         raise ValueError(msg)
+
+
+def check_schedule(
+    name: str, value: Iterable[tuple[float, int]], minimum: int
+) -> list[tuple[float, int]]:
+    """Accept ``[(seconds, count), ...]`` with seconds >= 0 and counts >= ``minimum``.
+
+    Returns:
+        The changes sorted by time (stable: of two at the same time, the later one wins).
+    """
+    try:
+        changes = [(float(at), count) for at, count in value]
+    except (TypeError, ValueError):
+        msg = f"{name} must be a list of (seconds, count) pairs, got {value!r}"
+        raise ValueError(msg) from None
+    for at, count in changes:
+        bad = isinstance(count, bool) or not isinstance(count, int) or count < minimum
+        if bad or not (math.isfinite(at) and at >= 0):
+            msg = f"{name}: ({at!r}, {count!r}) needs seconds >= 0 and a count >= {minimum}"
+            raise ValueError(msg)
+    return sorted(changes, key=lambda change: change[0])

@@ -7,7 +7,9 @@ Faults come from two places, consulted in this order for every request:
 2. random chaos: per-fault rates drawn with a seeded RNG (soak tests and benchmarks).
 
 Only faults that make sense for a kind of request ever hit it: a ``DROP_AFTER_CREATE`` queued
-for ``"any"`` waits for the next submit and lets GETs and downloads pass.
+for ``"any"`` waits for the next submit and lets GETs and downloads pass. An injection may be
+narrowed to the GETs and downloads of one task (``task_id=``), and may last until cleared
+(``times=None``): the first injection in the queue that matches a request hits it.
 """
 
 from __future__ import annotations
@@ -57,6 +59,41 @@ class Fault(enum.Enum):
     #: GET only: the status reads ``"MYSTERY_STATE"`` this once.
     UNKNOWN_STATUS = "unknown_status"
 
+    # Submit errors sent after upstream accepted the task (SPEC §2, "outcome unknown"). The
+    # task runs upstream and is billed (it counts in ``stats.tasks_per_prompt``), but the
+    # gateway answers 500 in the task shape with no id and stores no row for it (new-api
+    # inserts the row only after it has read and parsed upstream's answer): a GET of the id it
+    # would have had is ``task_not_exist``, and no refresh pass ever sees it. See
+    # ``FakeGateway.unrecorded_tasks()``.
+
+    #: Submit only: 500 ``do_request_failed`` after upstream accepted the task (the gateway's
+    #: read of upstream's answer timed out). ``SERVER_ERROR`` is the same answer, sent before.
+    DO_REQUEST_FAILED_AFTER_CREATE = "do_request_failed_after_create"
+    #: Submit only: 500 ``read_response_body_failed``; the task exists upstream, unrecorded.
+    READ_RESPONSE_BODY_FAILED = "read_response_body_failed"
+    #: Submit only: 500 ``unmarshal_response_body_failed``; the task exists upstream, unrecorded.
+    UNMARSHAL_RESPONSE_BODY_FAILED = "unmarshal_response_body_failed"
+    #: Submit only: 500 ``invalid_response``; the task exists upstream, unrecorded.
+    INVALID_RESPONSE = "invalid_response"
+    #: Submit only: 500 ``insert_task_failed``: the gateway's database refused the row; the
+    #: task exists upstream, unrecorded.
+    INSERT_TASK_FAILED = "insert_task_failed"
+    #: Submit only: the task is created and stored (the loop refreshes it), and the 200 answer
+    #: has no ``id`` key, so the client cannot know it.
+    NO_TASK_ID = "no_task_id"
+
+    #: 429 with a proxy's HTML page (nginx ``limit_req``), not the gateway's JSON. It carries
+    #: ``Retry-After`` only when injected with ``retry_after=``. Nothing is created.
+    RATE_LIMIT_HTML = "rate_limit_html"
+    #: 302 to an HTML login page (a single-sign-on proxy in front); nothing is created. The
+    #: login page itself answers 200 ``text/html``.
+    REDIRECT = "redirect"
+    #: GET only: 200 with an HTML page instead of JSON (a captive portal, a misrouted proxy).
+    NOT_JSON = "not_json"
+    #: GET only: 200 JSON of the wrong shape: ``{"code":"success","data":null}`` (what
+    #: new-api sends when it has no body to relay).
+    WRONG_SHAPE = "wrong_shape"
+
     @property
     def kinds(self) -> frozenset[RequestKind]:
         """The kinds of request this fault can hit."""
@@ -76,6 +113,25 @@ _APPLIES_TO: Mapping[Fault, frozenset[RequestKind]] = {
     Fault.TRUNCATED_JSON: _ALL,
     Fault.STATUS_REGRESSION: frozenset({"get"}),
     Fault.UNKNOWN_STATUS: frozenset({"get"}),
+    Fault.DO_REQUEST_FAILED_AFTER_CREATE: frozenset({"submit"}),
+    Fault.READ_RESPONSE_BODY_FAILED: frozenset({"submit"}),
+    Fault.UNMARSHAL_RESPONSE_BODY_FAILED: frozenset({"submit"}),
+    Fault.INVALID_RESPONSE: frozenset({"submit"}),
+    Fault.INSERT_TASK_FAILED: frozenset({"submit"}),
+    Fault.NO_TASK_ID: frozenset({"submit"}),
+    Fault.RATE_LIMIT_HTML: _ALL,
+    Fault.REDIRECT: _ALL,
+    Fault.NOT_JSON: frozenset({"get"}),
+    Fault.WRONG_SHAPE: frozenset({"get"}),
+}
+
+#: Faults answering a submit with a 500 after upstream accepted the task: the code sent.
+AFTER_UPSTREAM_CODES: Mapping[Fault, str] = {
+    Fault.DO_REQUEST_FAILED_AFTER_CREATE: "do_request_failed",
+    Fault.READ_RESPONSE_BODY_FAILED: "read_response_body_failed",
+    Fault.UNMARSHAL_RESPONSE_BODY_FAILED: "unmarshal_response_body_failed",
+    Fault.INVALID_RESPONSE: "invalid_response",
+    Fault.INSERT_TASK_FAILED: "insert_task_failed",
 }
 
 
@@ -88,17 +144,24 @@ class FaultChoice:
     delay: float
     #: Seconds for the ``Retry-After`` header, for ``RATE_LIMIT_RETRY_AFTER``.
     retry_after: float
+    #: Whether the injection named ``retry_after`` itself (``RATE_LIMIT_HTML`` sends the
+    #: header only then).
+    retry_after_given: bool = False
 
 
 @attrs.define(kw_only=True)
 class _Injection:
     fault: Fault
     on: Target
-    remaining: int
+    #: Requests it still hits; ``None``: until cleared.
+    remaining: int | None
     delay: float | None
     retry_after: float | None
+    task_id: str | None
 
-    def matches(self, kind: RequestKind) -> bool:
+    def matches(self, kind: RequestKind, task_id: str | None) -> bool:
+        if self.task_id is not None and task_id != self.task_id:
+            return False
         return (self.on == "any" or self.on == kind) and kind in self.fault.kinds
 
 
@@ -133,11 +196,16 @@ class FaultPlan:
         fault: Fault,
         *,
         on: Target = "any",
-        times: int = 1,
+        times: int | None = 1,
         delay: float | None = None,
         retry_after: float | None = None,
+        task_id: str | None = None,
     ) -> None:
-        """Queue ``fault`` for the next ``times`` requests of kind ``on`` it applies to."""
+        """Queue ``fault`` for the next ``times`` requests of kind ``on`` it applies to.
+
+        ``times=None`` keeps it until :meth:`clear`; ``task_id`` narrows it to the GETs and
+        downloads naming that task.
+        """
         if not isinstance(fault, Fault):
             msg = f"fault must be a Fault member, got {fault!r}"
             raise TypeError(msg)
@@ -148,33 +216,54 @@ class FaultPlan:
             allowed = ", ".join(sorted(fault.kinds))
             msg = f"{fault.name} never applies to {on} requests (only to: {allowed})"
             raise ValueError(msg)
-        if isinstance(times, bool) or not isinstance(times, int) or times < 1:
-            msg = f"times must be a positive integer, got {times!r}"
+        bad_count = isinstance(times, bool) or not isinstance(times, int) or times < 1
+        if times is not None and bad_count:
+            msg = f"times must be a positive integer or None (until cleared), got {times!r}"
             raise ValueError(msg)
+        if task_id is not None:
+            if not isinstance(task_id, str) or not task_id:
+                msg = f"task_id must be a non-empty string, got {task_id!r}"
+                raise ValueError(msg)
+            if on == "submit" or not fault.kinds & {"get", "download"}:
+                msg = f"task_id= narrows a fault to GETs and downloads, not {fault.name} on {on}"
+                raise ValueError(msg)
         if delay is not None:
             non_negative("delay", delay)
         if retry_after is not None:
             non_negative("retry_after", retry_after)
         self._queue.append(
-            _Injection(fault=fault, on=on, remaining=times, delay=delay, retry_after=retry_after)
+            _Injection(
+                fault=fault,
+                on=on,
+                remaining=times,
+                delay=delay,
+                retry_after=retry_after,
+                task_id=task_id,
+            )
         )
 
     @property
     def pending(self) -> int:
-        """How many injected faults are still waiting for a request."""
-        return sum(i.remaining for i in self._queue)
+        """How many injected faults are still waiting for a request (a lasting one: 1)."""
+        return sum(1 if i.remaining is None else i.remaining for i in self._queue)
 
-    def clear(self) -> None:
-        """Forget every injected fault not yet consumed."""
-        self._queue.clear()
+    def clear(self, fault: Fault | None = None) -> None:
+        """Forget the injected faults not yet consumed: all, or those of ``fault``."""
+        self._queue[:] = [] if fault is None else [i for i in self._queue if i.fault is not fault]
 
-    def take(self, kind: RequestKind) -> FaultChoice | None:
-        """Return the fault for the next request of ``kind`` (consuming it), or ``None``."""
+    def take(self, kind: RequestKind, task_id: str | None = None) -> FaultChoice | None:
+        """Return the fault for the next request of ``kind`` (consuming it), or ``None``.
+
+        Args:
+            kind: the kind of request.
+            task_id: the task a GET or download names, if any.
+        """
         for injection in self._queue:
-            if injection.matches(kind):
-                injection.remaining -= 1
-                if injection.remaining == 0:
-                    self._queue.remove(injection)
+            if injection.matches(kind, task_id):
+                if injection.remaining is not None:
+                    injection.remaining -= 1
+                    if injection.remaining == 0:
+                        self._queue.remove(injection)
                 return self._choice(injection.fault, injection.delay, injection.retry_after)
         fault = self._draw(kind)
         return None if fault is None else self._choice(fault, None, None)
@@ -197,6 +286,7 @@ class FaultPlan:
             fault=fault,
             delay=self._slow_delay if delay is None else delay,
             retry_after=self._retry_after if retry_after is None else retry_after,
+            retry_after_given=retry_after is not None,
         )
 
 

@@ -7,8 +7,10 @@ it carried one).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
+import importlib.resources
 import random
 import uuid
 from collections.abc import Callable
@@ -20,7 +22,9 @@ from .._clock import Clock
 from ._wire import unix
 
 ACCESS_KEY_ID = "LTAI5tFakeGatewayKey0001"
-#: Something like the ``ftyp`` box that opens an MP4 file, so the bytes look the part.
+#: The bundled clip (package data), made by ``tools/make_test_video.py``.
+SAMPLE_VIDEO_NAME = "test_pattern.mp4"
+#: Something like the ``ftyp`` box that opens an MP4 file, so sized bytes look the part.
 _MP4_HEADER = b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isom"
 
 _XML_ERROR = """<?xml version="1.0" encoding="UTF-8"?>
@@ -33,8 +37,27 @@ _XML_ERROR = """<?xml version="1.0" encoding="UTF-8"?>
 """
 
 
-def video_content(task_id: str, size: int) -> bytes:
-    """The fake video of ``task_id``: ``size`` bytes, the same on every call."""
+@functools.cache
+def sample_video() -> bytes:
+    """The bundled clip every task's video is by default: a real, playable MP4.
+
+    A 2 s, 160x90 H.264 (yuv420p) test pattern with a quiet AAC tone, ``moov`` before
+    ``mdat`` (fast start), about 32 KB.
+    """
+    return importlib.resources.files(__package__).joinpath(SAMPLE_VIDEO_NAME).read_bytes()
+
+
+def video_content(task_id: str, size: int | None = None) -> bytes:
+    """The video of ``task_id``, the same on every call.
+
+    Args:
+        task_id: the task whose video it is.
+        size: ``None`` for the bundled clip (:func:`sample_video`, the same for every task);
+            else ``size`` deterministic bytes behind an MP4-like header (not playable), for
+            tests that need large or task-specific downloads.
+    """
+    if size is None:
+        return sample_video()
     body = _MP4_HEADER + random.Random(f"video:{task_id}").randbytes(max(0, size))
     return body[:size]
 
@@ -71,7 +94,7 @@ class VideoStore:
     Args:
         clock: where "now" is read, to expire URLs.
         signer: checks the URL's signature.
-        video_bytes: size of every video.
+        video_bytes: size of every video, or ``None`` for the bundled clip.
         produced_at: the time ``task_id``'s video was produced, or ``None`` if there is none.
     """
 
@@ -80,7 +103,7 @@ class VideoStore:
         *,
         clock: Clock,
         signer: Signer,
-        video_bytes: int,
+        video_bytes: int | None,
         produced_at: Callable[[str], float | None],
     ) -> None:
         self._clock = clock

@@ -61,25 +61,37 @@ class GatewayTask:
     first_terminal_get: float | None = None
     #: Clock time of every GET naming this task, in order.
     get_times: list[float] = attrs.field(factory=list)
+    #: Clock time of every refresh of this task (its ``updated_at`` before rounding).
+    refresh_times: list[float] = attrs.field(factory=list)
 
     @property
     def terminal(self) -> bool:
         """Whether the gateway has seen the task end."""
         return self.status in TERMINAL
 
-    def refresh(self, now: float, *, request_id: str, video_url: str, style: ViewStyle) -> None:
+    def refresh(
+        self,
+        now: float,
+        *,
+        request_id: str,
+        video_url: str,
+        style: ViewStyle,
+        seen: up.UpstreamTask | None = None,
+    ) -> None:
         """Copy upstream's state into the view, as one pass of the refresh loop does.
 
         Args:
-            now: the pass's time.
+            now: the time the refresh stores the task (its ``updated_at``).
             request_id: upstream's id for this status query.
             video_url: the signed URL to publish if the task has succeeded.
             style: the gateway version's field placement.
+            seen: upstream's task as the query saw it (default: as it is now).
         """
-        task = self.upstream
+        task = self.upstream if seen is None else seen
         self.status, self.progress = _STATUS_MAP[task.state]
         self.updated_at = now
-        self.data = self._upstream_json(request_id, video_url)
+        self.refresh_times.append(now)
+        self.data = self._upstream_json(task, request_id, video_url)
         if self.status == "IN_PROGRESS" and self.start_time is None:
             self.start_time = now
         if self.status == "SUCCESS":
@@ -96,6 +108,7 @@ class GatewayTask:
         """Fail the task on the gateway's side: it ran past the gateway's time limit."""
         self.status, self.progress = "FAILURE", "100%"
         self.updated_at = now
+        self.refresh_times.append(now)
         self.finish_time = now
         self.fail_reason = TIMEOUT_REASON
 
@@ -129,8 +142,9 @@ class GatewayTask:
             out["result_url"] = self.result_url
         return out
 
-    def _upstream_json(self, request_id: str, video_url: str) -> dict[str, Any]:
-        task = self.upstream
+    def _upstream_json(
+        self, task: up.UpstreamTask, request_id: str, video_url: str
+    ) -> dict[str, Any]:
         output: dict[str, Any] = {
             "task_id": task.task_id,
             "task_status": task.state,

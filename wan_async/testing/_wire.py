@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import math
 from typing import Any
+from urllib.parse import urlencode
 
 from aiohttp import web
 
@@ -16,6 +17,25 @@ BAD_GATEWAY_PAGE = (
     "<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
     "<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
     "</body>\r\n</html>\r\n"
+)
+
+#: What nginx's ``limit_req`` in front of the gateway answers to too many requests.
+TOO_MANY_REQUESTS_PAGE = (
+    "<html>\r\n<head><title>429 Too Many Requests</title></head>\r\n<body>\r\n"
+    "<center><h1>429 Too Many Requests</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    "</body>\r\n</html>\r\n"
+)
+#: The page a single-sign-on proxy in front sends a redirected request to.
+LOGIN_PATH = "/login"
+LOGIN_PAGE = (
+    "<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>\n"
+    '<form method="post" action="/login"><input name="user"><input name="password" '
+    'type="password"><button>Sign in</button></form>\n</body></html>\n'
+)
+#: A 200 page that is not the gateway's JSON (a captive portal, a misrouted proxy).
+NOT_JSON_PAGE = (
+    "<!DOCTYPE html>\n<html><head><title>Welcome</title></head><body>\n"
+    "<h1>It works!</h1>\n</body></html>\n"
 )
 
 # Upstream (DashScope) stamps its own times as Beijing wall-clock strings.
@@ -57,6 +77,33 @@ def upstream_error(code: str, message: str) -> str:
 def bad_gateway_html() -> web.Response:
     """A 502 page from the nginx in front, not JSON."""
     return web.Response(status=502, text=BAD_GATEWAY_PAGE, content_type="text/html")
+
+
+def too_many_requests_html(retry_after: str | None) -> web.Response:
+    """A 429 page from the nginx in front, not JSON, with ``Retry-After`` if given."""
+    headers = {} if retry_after is None else {"Retry-After": retry_after}
+    return web.Response(
+        status=429, text=TOO_MANY_REQUESTS_PAGE, content_type="text/html", headers=headers
+    )
+
+
+def redirect_to_login(base_url: str, path: str) -> web.Response:
+    """A 302 from a single-sign-on proxy: to its login page, with a short HTML body."""
+    location = f"{base_url}{LOGIN_PATH}?{urlencode({'next': path})}"
+    body = f'<html><body>Redirecting to <a href="{location}">sign in</a>.</body></html>\n'
+    return web.Response(
+        status=302, text=body, content_type="text/html", headers={"Location": location}
+    )
+
+
+def login_page() -> web.Response:
+    """The login page a redirect leads to: 200, HTML."""
+    return web.Response(status=200, text=LOGIN_PAGE, content_type="text/html")
+
+
+def not_json_page() -> web.Response:
+    """A 200 answer whose body is an HTML page, not JSON."""
+    return web.Response(status=200, text=NOT_JSON_PAGE, content_type="text/html")
 
 
 def truncated(response: web.Response) -> web.Response:
