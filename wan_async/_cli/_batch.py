@@ -98,7 +98,6 @@ async def batch(args: argparse.Namespace, ctx: Context) -> int:
     paths = Paths.from_args(args)
     _make_dir(paths.out_dir)
     resuming = paths.journal.exists()
-    ctx.interrupt_hint = _interrupt_hint(paths, simulate=ctx.connection.simulate)
     display = ctx.display()
     run: BatchRun | None = None
     refused = False
@@ -109,6 +108,8 @@ async def batch(args: argparse.Namespace, ctx: Context) -> int:
             if resuming:
                 ctx.say(f"resuming from {paths.journal}")
             run = BatchRun(client, items, out_dir=paths.out_dir, display=display)
+            # From now on a Ctrl-C leaves a results file (written below) to point to.
+            ctx.interrupt_hint = _interrupt_hint(paths, simulate=ctx.connection.simulate)
             try:
                 await run.run(journal=paths.journal, max_in_flight=args.concurrency)
             except BaseException as exc:
@@ -143,12 +144,13 @@ def _after_run(run: BatchRun, paths: Paths, *, simulate: bool) -> None:
 
 
 def _interrupt_hint(paths: Paths, *, simulate: bool) -> str:
+    results = f"each item's status and task id are in {paths.results}"
     if simulate:
         return (
-            "the simulated tasks stopped with the simulator, so the journal was removed: "
-            "run the same command again to start over"
+            f"{results}; the simulated tasks stopped with the simulator, so the journal was "
+            "removed: run the same command again to start over"
         )
-    return f"run the same command again to resume: the journal {paths.journal} keeps it"
+    return f"{results}; run the same command again to resume: the journal {paths.journal} keeps it"
 
 
 class BatchRun:

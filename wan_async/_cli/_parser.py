@@ -125,6 +125,7 @@ def _add_batch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     parser.add_argument(
         "file",
+        metavar="FILE",
         help="the prompts, told by the extension: .txt (one prompt per line; blank lines and "
         "# comments skipped), .jsonl or .ndjson (one JSON object per line: prompt and any "
         "request field, overriding the options below) or .json (one array of such objects "
