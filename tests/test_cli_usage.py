@@ -222,6 +222,20 @@ def test_out_that_cannot_be_a_folder_is_refused_before_submitting(tmp_path: Path
     assert "task id" not in done.stdout
 
 
+def test_batch_creates_the_folders_of_its_journal_and_results(tmp_path: Path) -> None:
+    """``--journal`` and ``--results`` in folders not made yet: created, like --out-dir."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\n")
+    done = run_cli(
+        "batch", "--simulate", str(prompts), "--out-dir", "videos", "--journal",
+        "state/journal.jsonl", "--results", "reports/today/results.jsonl",
+        "--time-scale", "300", "-q", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "state" / "journal.jsonl").exists()
+    assert (tmp_path / "reports" / "today" / "results.jsonl").exists()
+
+
 # -- shell-safe examples --------------------------------------------------------------------
 
 

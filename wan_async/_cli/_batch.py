@@ -96,7 +96,8 @@ async def batch(args: argparse.Namespace, ctx: Context) -> int:
     """Run the batch of a prompts file; return 0, or 1 if an item produced no video."""
     items = load_items(Path(args.file), option_fields(args), fmt=args.format)
     paths = Paths.from_args(args)
-    _make_dir(paths.out_dir)
+    for folder in (paths.out_dir, paths.journal.parent, paths.results.parent):
+        _make_dir(folder)
     resuming = paths.journal.exists()
     display = ctx.display()
     run: BatchRun | None = None
@@ -477,7 +478,7 @@ def _make_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        msg = f"cannot create the output directory {path}: {exc.strerror or exc}"
+        msg = f"cannot create the directory {path}: {exc.strerror or exc}"
         raise CLIError(msg, code=ExitCode.USAGE) from None
 
 

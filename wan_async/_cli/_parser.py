@@ -148,12 +148,13 @@ def _add_batch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--journal",
         metavar="FILE",
-        help="the resume journal (default: DIR/journal.jsonl)",
+        help="the resume journal (default: DIR/journal.jsonl); its folder is created if needed",
     )
     parser.add_argument(
         "--results",
         metavar="FILE",
-        help="one JSON line per item, for scripts (default: DIR/results.jsonl)",
+        help="one JSON line per item, for scripts (default: DIR/results.jsonl); its folder "
+        "is created if needed",
     )
     _add_request_options(parser, title="request defaults (a JSON object's own fields win)")
     _add_simulate_options(parser)
