@@ -14,7 +14,10 @@ The recipe:
 - **One client for the app's lifetime** (``cleanup_ctx``): one aiohttp session, one shared
   poller watching every task, one request budget shared by all users of the app.
 - ``POST /videos`` validates the body (400 with every problem at once), submits, and answers
-  202 with the task id at once: generation takes minutes, no request waits for it.
+  202 with the task id at once: generation takes minutes, no request waits for it. A model
+  the gateway does not serve is the caller's mistake too: 400 with the gateway's message.
+- Strict JSON both ways: a body with ``NaN`` or ``Infinity`` (JavaScript, not JSON) is a 400,
+  and every answer, errors included, is valid JSON.
 - ``GET /videos/{task_id}`` answers from the task's handle, which the shared poller keeps up to
   date: polling the app every second costs the gateway nothing more (the poller asks the
   gateway only when an answer can be new).
@@ -28,9 +31,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
+import logging
+import math
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +48,7 @@ from aiohttp import web
 from wan_async import (
     BadRequestError,
     Clock,
+    ModelNotFoundError,
     RateLimitedError,
     SubmitOutcomeUnknown,
     TaskHandle,
@@ -50,6 +57,8 @@ from wan_async import (
     WanClient,
     WanError,
 )
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "wan2.6-t2v"
 #: Request fields a client of the app may set (``prompt`` is required).
@@ -135,7 +144,7 @@ def create_app(
         api_key: the gateway key (default: ``$WAN_API_KEY``).
         clock: the client's clock, for tests.
     """
-    app = web.Application()
+    app = web.Application(middlewares=[json_errors])
     app[SETTINGS] = Settings(
         store_path=Path(store_path), base_url=base_url, api_key=api_key, clock=clock
     )
@@ -184,7 +193,7 @@ async def create_video(request: web.Request) -> web.Response:
     await state.store.add(handle.task_id, state.client.clock.time())
     location = str(request.app.router["video"].url_for(task_id=handle.task_id))
     body = {"task_id": handle.task_id, "status_url": location}
-    return web.json_response(body, status=202, headers={"Location": location})
+    return json_response(body, status=202, headers={"Location": location})
 
 
 async def get_video(request: web.Request) -> web.Response:
@@ -192,7 +201,7 @@ async def get_video(request: web.Request) -> web.Response:
     handle = request.app[STATE].handles.get(request.match_info["task_id"])
     if handle is None:
         return _error(404, "not_found", "no video with this task id was submitted here")
-    return web.json_response(describe(handle))
+    return json_response(describe(handle))
 
 
 def describe(handle: TaskHandle) -> dict[str, Any]:
@@ -220,9 +229,10 @@ def describe(handle: TaskHandle) -> dict[str, Any]:
 async def _request_fields(request: web.Request) -> tuple[dict[str, Any], web.Response | None]:
     """The request fields of a POST body, or the 400 to answer instead."""
     try:
-        body = await request.json()
-    except ValueError:
-        return {}, _error(400, "invalid_json", "the body must be a JSON object")
+        body = json.loads(await request.text(), parse_constant=_not_json)
+    except ValueError as exc:
+        # NaN and Infinity are JavaScript, not JSON: refused like any other bad body.
+        return {}, _error(400, "invalid_json", f"the body must be a JSON object ({exc})")
     if not isinstance(body, dict):
         return {}, _error(400, "invalid_json", "the body must be a JSON object")
     unknown = sorted(set(body) - FIELDS)
@@ -235,6 +245,9 @@ async def _request_fields(request: web.Request) -> tuple[dict[str, Any], web.Res
 
 def _submit_error(exc: WanError) -> web.Response:
     """A failed submit as an answer the app's own client can act on."""
+    if isinstance(exc, ModelNotFoundError):
+        # The gateway says 503, but the model was the caller's choice: theirs to fix.
+        return _error(400, "model_not_found", exc.message or str(exc))
     if isinstance(exc, SubmitOutcomeUnknown):
         # Never resubmit blindly: the task may exist and be billed.
         return _error(502, "submit_outcome_unknown", str(exc))
@@ -246,7 +259,49 @@ def _submit_error(exc: WanError) -> web.Response:
 
 
 def _error(status: int, code: str, message: str, **extra: Any) -> web.Response:
-    return web.json_response({"error": code, "message": message, **extra}, status=status)
+    return json_response({"error": code, "message": message, **extra}, status=status)
+
+
+def json_response(body: Any, *, status: int = 200, **kwargs: Any) -> web.Response:
+    """An answer in strict JSON: a float that JSON cannot hold (NaN, infinity) becomes null."""
+    return web.json_response(_finite(body), status=status, dumps=_strict_dumps, **kwargs)
+
+
+_strict_dumps = functools.partial(json.dumps, allow_nan=False)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _not_json(name: str) -> Any:
+    msg = f"{name} is not a JSON value"
+    raise ValueError(msg)
+
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own error answers (404, 405, 413, a crash's 500) in JSON too, like the app's."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        body = {"error": "http_error", "message": exc.reason}
+        allow = exc.headers.get("Allow")
+        return json_response(body, status=exc.status, headers={"Allow": allow} if allow else None)
+    except Exception:
+        logger.exception("unhandled error in %s %s", request.method, request.path)
+        return _error(500, "internal_error", "the app failed; see its log")
 
 
 async def _serve(args: argparse.Namespace) -> None:

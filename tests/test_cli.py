@@ -185,7 +185,8 @@ def test_missing_api_key_exits_4(tmp_path: Path) -> None:
     done = run_cli("generate", "a cat", "--out", "cat.mp4", cwd=tmp_path)
     assert done.returncode == 4
     assert done.stderr.strip() == (
-        "error: no API key: pass api_key= or set the WAN_API_KEY environment variable"
+        "error: no API key: pass --api-key KEY or set the WAN_API_KEY environment variable "
+        "(or try it offline with --simulate)"
     )
     assert not (tmp_path / "cat.mp4").exists()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -50,6 +51,16 @@ async def serve(app: web.Application) -> AsyncIterator[test_utils.TestClient[Any
     """Run ``app`` on a loopback port (start-up and cleanup included) and talk to it."""
     async with test_utils.TestClient(test_utils.TestServer(app)) as http:
         yield http
+
+
+def strict_json(text: str) -> Any:
+    """Parse ``text`` as JSON proper: ``NaN`` and ``Infinity`` are refused."""
+
+    def refuse(name: str) -> Any:
+        msg = f"{name} is not JSON"
+        raise ValueError(msg)
+
+    return json.loads(text, parse_constant=refuse)
 
 
 async def poll_until_done(
@@ -130,3 +141,48 @@ async def test_a_restarted_app_reattaches_the_stored_tasks(
     assert failed["status"] == "FAILURE"
     assert failed["error"]["code"] == "DataInspectionFailed"
     assert gateway.stats.tasks_created == 2
+
+
+async def test_nan_and_infinity_in_a_body_are_refused_in_strict_json(
+    make_app: Callable[[], web.Application], gateway: FakeGateway
+) -> None:
+    """NaN, Infinity and -Infinity are not JSON: 400, answered in strict JSON, nothing sent."""
+    async with serve(make_app()) as http:
+        for constant in ("NaN", "Infinity", "-Infinity"):
+            response = await http.post(
+                "/videos",
+                data=f'{{"prompt": "a cat", "seed": {constant}}}',
+                headers={"Content-Type": "application/json"},
+            )
+            assert response.status == 400
+            body = strict_json(await response.text())
+            assert body["error"] == "invalid_json"
+            assert constant in body["message"]
+    assert gateway.stats.tasks_created == 0
+
+
+async def test_every_answer_is_json_even_aiohttps_own_errors(
+    make_app: Callable[[], web.Application],
+) -> None:
+    """An unknown route (404) and a wrong method (405) answer in JSON like the app's errors."""
+    async with serve(make_app()) as http:
+        missing = await http.get("/nowhere")
+        assert missing.status == 404
+        assert strict_json(await missing.text())["error"] == "http_error"
+        wrong = await http.get("/videos")
+        assert wrong.status == 405
+        assert strict_json(await wrong.text())["error"] == "http_error"
+        assert wrong.headers["Allow"] == "POST"
+
+
+async def test_an_unknown_model_is_a_400_with_the_gateways_message(
+    make_app: Callable[[], web.Application], gateway: FakeGateway
+) -> None:
+    """The gateway's 503 model_not_found is the caller's mistake: 400 carrying its message."""
+    async with serve(make_app()) as http:
+        response = await http.post("/videos", json={"prompt": "a cat", "model": "wan9-t2v"})
+        assert response.status == 400
+        body = strict_json(await response.text())
+    assert body["error"] == "model_not_found"
+    assert body["message"].startswith("No available channel for model wan9-t2v under group")
+    assert gateway.stats.tasks_created == 0

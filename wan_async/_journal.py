@@ -301,3 +301,31 @@ def _replay(path: Path, lines: list[str], fingerprints: list[str], states: list[
         elif event == "finished":
             state.task_id = str(line.get("task_id") or state.task_id)
             state.final = line
+
+
+def recorded_submits(path: str | os.PathLike[str]) -> dict[int, str | None]:
+    """What a journal file says was sent, read-only: item index -> task id.
+
+    The id is ``None`` for an item whose submit was started and never answered (nor refused):
+    its task may exist. Items never sent, or certainly refused, are absent. A missing file,
+    and lines that cannot be read, record nothing: this is for reporting, not for resuming.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return {}
+    sent: dict[int, str | None] = {}
+    for raw in text.splitlines()[1:]:
+        try:
+            line = json.loads(raw)
+            index, event = int(line["i"]), line["event"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        task_id = line.get("task_id")
+        if event == "refused":
+            sent.pop(index, None)
+        elif isinstance(task_id, str) and task_id:
+            sent[index] = task_id
+        elif event in ("submitting", "unknown"):
+            sent.setdefault(index, None)
+    return sent

@@ -17,9 +17,9 @@ code   meaning
 =====  ==========================================================================
 0      all good
 1      some batch items failed or are unknown; the task failed (generate, wait)
-2      usage error (bad options)
-3      invalid input: request fields, prompts file, task id, another batch's journal
-4      authentication, permission or configuration (no key, 401, 403, no channel)
+2      usage error (bad options, an --out that cannot be written, a simulator setting)
+3      invalid input: request fields, prompts file (or its format), task id, another journal
+4      authentication, permission or configuration (no key, 401, 403, no channel, base URL)
 5      other API or network errors (the gateway, the connection, a download)
 130    interrupted (Ctrl-C); a batch's journal keeps it resumable
 =====  ==========================================================================

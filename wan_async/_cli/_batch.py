@@ -12,7 +12,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,17 +26,19 @@ from .._exceptions import (
     BatchAborted,
     ClientClosedError,
     DeadlineExceeded,
+    JournalError,
     SubmitOutcomeUnknown,
     TaskFailed,
     TaskNotFound,
     WanError,
 )
 from .._handle import TaskHandle
+from .._journal import recorded_submits
 from .._models import TaskSnapshot, TaskStatus, VideoResult
 from ._connect import open_client
 from ._context import Context
 from ._display import BatchView, Display, format_seconds
-from ._errors import CLIError, ExitCode, describe, error_code, exit_code_for
+from ._errors import CLIError, ExitCode, describe, error_code, exit_code_for, leaf_error
 from ._inputs import Item, load_items, option_fields
 
 SUCCEEDED = "succeeded"
@@ -92,23 +94,35 @@ class Paths:
 
 async def batch(args: argparse.Namespace, ctx: Context) -> int:
     """Run the batch of a prompts file; return 0, or 1 if an item produced no video."""
-    items = load_items(Path(args.file), option_fields(args))
+    items = load_items(Path(args.file), option_fields(args), fmt=args.format)
     paths = Paths.from_args(args)
-    _make_dir(paths.out_dir)
+    for folder in (paths.out_dir, paths.journal.parent, paths.results.parent):
+        _make_dir(folder)
     resuming = paths.journal.exists()
-    ctx.interrupt_hint = _interrupt_hint(paths, simulate=ctx.connection.simulate)
     display = ctx.display()
-    async with open_client(ctx.connection) as client:
-        if ctx.connection.simulate:
-            ctx.say(f"simulating the gateway offline ({ctx.connection.time_scale:g}x time)")
-        if resuming:
-            ctx.say(f"resuming from {paths.journal}")
-        run = BatchRun(client, items, out_dir=paths.out_dir, display=display)
-        try:
-            await run.run(journal=paths.journal, max_in_flight=args.concurrency)
-        finally:
-            if run.begun():  # not when refused up front (e.g. another batch's journal)
-                _after_run(run, paths, simulate=ctx.connection.simulate)
+    run: BatchRun | None = None
+    refused = False
+    try:
+        async with open_client(ctx.connection) as client:
+            if ctx.connection.simulate:
+                ctx.say(f"simulating the gateway offline ({ctx.connection.time_scale:g}x time)")
+            if resuming:
+                ctx.say(f"resuming from {paths.journal}")
+            run = BatchRun(client, items, out_dir=paths.out_dir, display=display)
+            # From now on a Ctrl-C leaves a results file (written below) to point to.
+            ctx.interrupt_hint = _interrupt_hint(paths, simulate=ctx.connection.simulate)
+            try:
+                await run.run(journal=paths.journal, max_in_flight=args.concurrency)
+            except BaseException as exc:
+                # Refused up front (e.g. another batch's journal): touch nothing.
+                refused = isinstance(leaf_error(exc), JournalError) and not run.begun()
+                raise
+    finally:
+        # Only now, the client closed: every task of the batch has ended and every line of
+        # its journal is on disk, so the journal tells which items were sent, with their ids.
+        if run is not None and not refused:
+            run.learn_submits(recorded_submits(paths.journal))
+            _after_run(run, paths, simulate=ctx.connection.simulate)
     ctx.interrupt_hint = None
     if not resuming and run.nothing_created():
         # The library journals an intent before each send and nothing when the gateway
@@ -131,12 +145,13 @@ def _after_run(run: BatchRun, paths: Paths, *, simulate: bool) -> None:
 
 
 def _interrupt_hint(paths: Paths, *, simulate: bool) -> str:
+    results = f"each item's status and task id are in {paths.results}"
     if simulate:
         return (
-            "the simulated tasks stopped with the simulator, so the journal was removed: "
-            "run the same command again to start over"
+            f"{results}; the simulated tasks stopped with the simulator, so the journal was "
+            "removed: run the same command again to start over"
         )
-    return f"run the same command again to resume: the journal {paths.journal} keeps it"
+    return f"{results}; run the same command again to resume: the journal {paths.journal} keeps it"
 
 
 class BatchRun:
@@ -159,6 +174,8 @@ class BatchRun:
         self._status: dict[str, TaskStatus] = {}
         self._ended: set[str] = set()
         self._task_ids: dict[int, str] = {}
+        # Items whose submit the journal shows sent and never answered.
+        self._unanswered: set[int] = set()
         # Items that ended after being watched in this run (not replayed from the journal).
         self._watched_ends = 0
 
@@ -179,12 +196,48 @@ class BatchRun:
             self._display.batch(self.view())
 
     def rows(self) -> list[Row]:
-        """One row per item, in input order; items not ended (yet) are ``interrupted``."""
+        """One row per item, in input order; items not ended (yet) are ``interrupted``.
+
+        An item sent is never without its task id when one is known: the results file is the
+        user's record of what was paid for. An item whose submit was sent and never answered
+        is ``unknown``: its task may exist.
+        """
         return [
-            self._rows.get(index)
-            or self._row(index, INTERRUPTED, task_id=self._task_ids.get(index))
-            for index in range(len(self._items))
+            self._rows.get(index) or self._unended_row(index) for index in range(len(self._items))
         ]
+
+    def learn_submits(self, sent: Mapping[int, str | None]) -> None:
+        """Learn which items were sent, and their task ids, from the batch's journal.
+
+        A task id reaches this object only with a status seen or an outcome; a task the poller
+        had not yet checked when the run stopped is known to the journal alone.
+        """
+        for index, task_id in sent.items():
+            if not 0 <= index < len(self._items):
+                continue
+            if task_id is None:
+                self._unanswered.add(index)
+                continue
+            self._unanswered.discard(index)
+            self._task_ids.setdefault(index, task_id)
+            row = self._rows.get(index)
+            if row is not None and row.task_id is None:
+                self._rows[index] = attrs.evolve(row, task_id=task_id)
+
+    def _unended_row(self, index: int) -> Row:
+        task_id = self._task_ids.get(index)
+        if task_id is None and index in self._unanswered:
+            return self._row(
+                index,
+                UNKNOWN,
+                task_id=None,
+                error_code=SubmitOutcomeUnknown.__name__,
+                error_message=(
+                    "stopped while its submit was on the wire: a task may exist and be billed; "
+                    "look for it in the gateway's console before submitting it again"
+                ),
+            )
+        return self._row(index, INTERRUPTED, task_id=task_id)
 
     def begun(self) -> bool:
         """Whether anything happened: a submit sent, a status seen, an item ended."""
@@ -425,7 +478,7 @@ def _make_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        msg = f"cannot create the output directory {path}: {exc.strerror or exc}"
+        msg = f"cannot create the directory {path}: {exc.strerror or exc}"
         raise CLIError(msg, code=ExitCode.USAGE) from None
 
 

@@ -19,7 +19,7 @@ from .._config import API_KEY_ENV
 from ._batch import batch
 from ._connect import DEFAULT_TIME_SCALE, Connection
 from ._context import Context
-from ._errors import CLIError, ExitCode, describe, exit_code_for
+from ._errors import CLIError, ExitCode, describe, exit_code_for, leaf_error
 from ._parser import build_parser
 from ._task import generate, status, wait
 
@@ -60,6 +60,7 @@ def main(argv: Sequence[str] | None = None, *, clock: Clock | None = None) -> in
         connection=Connection(
             api_key=args.api_key,
             base_url=args.base_url,
+            allow_insecure_http=args.allow_insecure_http,
             simulate=getattr(args, "simulate", False),
             time_scale=getattr(args, "time_scale", DEFAULT_TIME_SCALE),
             clock=clock,
@@ -119,7 +120,7 @@ def _run(command: Command, args: argparse.Namespace, ctx: Context, redact: Redac
     try:
         return int(anyio.run(_interruptible, command, args, ctx))
     except BaseException as caught:
-        error = _leaf(caught)
+        error = leaf_error(caught)
         if isinstance(error, KeyboardInterrupt):
             hint = f"; {ctx.interrupt_hint}" if ctx.interrupt_hint else ""
             _error_line(f"interrupted{hint}", redact)
@@ -136,17 +137,6 @@ def _run(command: Command, args: argparse.Namespace, ctx: Context, redact: Redac
         return int(exit_code_for(error))
 
 
-def _leaf(exc: BaseException) -> BaseException:
-    """The one error inside nested single-error groups (task groups wrap what they raise)."""
-    while True:
-        inner = getattr(exc, "exceptions", None)
-        if not (isinstance(inner, tuple) and len(inner) == 1):
-            return exc
-        if not isinstance(inner[0], BaseException):
-            return exc
-        exc = inner[0]
-
-
 def _error_line(text: str, redact: Redactor) -> None:
     print(redact(text), file=sys.stderr, flush=True)
 
@@ -155,7 +145,10 @@ def _simulate(argv: Sequence[str]) -> int:
     """Serve the simulator: the very command ``python -m wan_async.testing`` runs."""
     from ..testing.__main__ import main as serve
 
-    return serve(argv)
+    code = serve(argv, prog="wan-async simulate")
+    # The simulator's own exit status 1 means "could not serve" (a port in use, a bad
+    # setting): in this command's table that is 5, while 1 means failed tasks.
+    return int(ExitCode.API) if code == 1 else code
 
 
 class _RedactingFormatter(logging.Formatter):

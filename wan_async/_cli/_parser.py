@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from .._version import __version__
 from ._connect import DEFAULT_TIME_SCALE
 from ._errors import EPILOG
-from ._inputs import DEFAULT_MODEL
+from ._inputs import DEFAULT_MODEL, FORMATS
 
 PROG = "wan-async"
 DESCRIPTION = "Generate videos with Wan text-to-video through its gateway (or a local simulator)."
@@ -59,6 +60,13 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
         help="gateway base URL (default: $WAN_BASE_URL, else the documented service)",
     )
     group.add_argument(
+        "--allow-insecure-http",
+        action="store_true",
+        default=argparse.SUPPRESS if suppress else False,
+        help="allow a plain http:// --base-url that is not loopback (the key then travels "
+        "unencrypted)",
+    )
+    group.add_argument(
         "--debug",
         action="store_true",
         default=argparse.SUPPRESS if suppress else False,
@@ -74,13 +82,16 @@ def _add_global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> N
 
 
 def _command(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help_text: str
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help_text: str,
+    examples: str = "",
 ) -> argparse.ArgumentParser:
     parser = commands.add_parser(
         name,
         help=help_text,
         description=help_text,
-        epilog=EPILOG,
+        epilog=f"examples:\n{examples}\n{EPILOG}" if examples else EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,
     )
@@ -89,7 +100,13 @@ def _command(
 
 
 def _add_generate(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = _command(commands, "generate", "submit one task, wait for it, download the video")
+    parser = _command(
+        commands,
+        "generate",
+        "submit one task, wait for it, download the video",
+        "  wan-async generate --simulate \"A paper boat\" --size '1280*720' --out boat.mp4\n"
+        '  wan-async generate "A red fox in snow" --duration 10 --out videos/\n',
+    )
     parser.add_argument("prompt", help="what the video shows")
     _add_request_options(parser)
     _add_out_options(parser)
@@ -99,13 +116,25 @@ def _add_generate(commands: argparse._SubParsersAction[argparse.ArgumentParser])
 
 def _add_batch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = _command(
-        commands, "batch", "run every prompt of a file; rerun the same command to resume"
+        commands,
+        "batch",
+        "run every prompt of a file; rerun the same command to resume",
+        "  wan-async batch --simulate examples/prompts.txt --out-dir videos\n"
+        "  wan-async batch prompts.json --out-dir videos --size '1280*720' --concurrency 4\n"
+        "  wan-async batch prompts.csv --format txt --out-dir videos\n",
     )
     parser.add_argument(
         "file",
-        help="a .txt file (one prompt per line; blank lines and # comments skipped) or a "
-        ".jsonl file (one object per line: prompt and any request field, overriding the "
-        "options below)",
+        metavar="FILE",
+        help="the prompts, told by the extension: .txt (one prompt per line; blank lines and "
+        "# comments skipped), .jsonl or .ndjson (one JSON object per line: prompt and any "
+        "request field, overriding the options below) or .json (one array of such objects "
+        "or of prompt strings); other extensions are refused unless --format says",
+    )
+    parser.add_argument(
+        "--format",
+        choices=FORMATS,
+        help="read FILE as this format whatever its extension",
     )
     parser.add_argument(
         "--out-dir", required=True, metavar="DIR", help="where the videos go (created if needed)"
@@ -119,27 +148,38 @@ def _add_batch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "--journal",
         metavar="FILE",
-        help="the resume journal (default: DIR/journal.jsonl)",
+        help="the resume journal (default: DIR/journal.jsonl); its folder is created if needed",
     )
     parser.add_argument(
         "--results",
         metavar="FILE",
-        help="one JSON line per item, for scripts (default: DIR/results.jsonl)",
+        help="one JSON line per item, for scripts (default: DIR/results.jsonl); its folder "
+        "is created if needed",
     )
-    _add_request_options(parser, title="request defaults (a .jsonl line's own fields win)")
+    _add_request_options(parser, title="request defaults (a JSON object's own fields win)")
     _add_simulate_options(parser)
     _add_progress_option(parser)
 
 
 def _add_status(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = _command(commands, "status", "show a task as the gateway last refreshed it")
-    parser.add_argument("task_id", metavar="TASK_ID")
+    parser = _command(
+        commands,
+        "status",
+        "show a task as the gateway last refreshed it",
+        "  wan-async status task_0123456789abcdef --json\n",
+    )
+    parser.add_argument("task_id", metavar="TASK_ID", help="the id a submit answered")
     parser.add_argument("--json", action="store_true", help="print the snapshot as JSON")
 
 
 def _add_wait(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = _command(commands, "wait", "wait for a task submitted earlier and download it")
-    parser.add_argument("task_id", metavar="TASK_ID")
+    parser = _command(
+        commands,
+        "wait",
+        "wait for a task submitted earlier and download it",
+        "  wan-async wait task_0123456789abcdef --out videos/\n",
+    )
+    parser.add_argument("task_id", metavar="TASK_ID", help="the id a submit answered")
     _add_out_options(parser)
     _add_progress_option(parser)
 
@@ -150,7 +190,11 @@ def _add_request_options(
     """The request's fields; ``dest`` is the field's name, ``None`` means "not sent"."""
     group = parser.add_argument_group(title)
     group.add_argument("--model", help=f"model name (default: {DEFAULT_MODEL})")
-    group.add_argument("--size", metavar="W*H", help='e.g. "1280*720" (default: 1920*1080)')
+    group.add_argument(
+        "--size",
+        metavar="W*H",
+        help="quoted for the shell, e.g. --size '1280*720' (default: 1920*1080)",
+    )
     group.add_argument("--duration", type=int, metavar="SECONDS", help="5, 10 or 15 (default: 5)")
     group.add_argument("--negative-prompt", metavar="TEXT", help="what the video must not show")
     group.add_argument("--seed", type=int, help="0-2147483647, for repeatable results")
@@ -178,7 +222,8 @@ def _add_out_options(parser: argparse.ArgumentParser) -> None:
         "-o",
         "--out",
         metavar="PATH",
-        help="the video file, or a directory to save TASK_ID.mp4 in (default: ./TASK_ID.mp4)",
+        help="the video file, or a directory to save TASK_ID.mp4 in: an existing one, or a "
+        "path ending in / (default: ./TASK_ID.mp4); missing folders are created",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing file")
 
@@ -224,7 +269,7 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         value = 0.0
-    if not value > 0:
+    if not 0 < value < math.inf:
         msg = f"must be a positive number, got {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return value

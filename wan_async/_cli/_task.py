@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import enum
 import json
+import os
+import shlex
 import time
 from datetime import datetime
 from pathlib import Path
@@ -20,7 +22,7 @@ from ._connect import open_client
 from ._context import Context
 from ._display import Display
 from ._errors import CLIError, ExitCode
-from ._inputs import build_request, option_fields
+from ._inputs import option_fields, request_from_options
 
 #: Real seconds between redraws of the spinner's elapsed time.
 _REDRAW = 0.25
@@ -28,10 +30,9 @@ _REDRAW = 0.25
 
 async def generate(args: argparse.Namespace, ctx: Context) -> int:
     """Submit one task, wait for it, download its video; print the task id and the path."""
-    request = build_request(option_fields(args))
-    out = Path(args.out) if args.out else None
-    if out is not None:
-        _check_writable(out, overwrite=args.overwrite)
+    request = request_from_options(option_fields(args))
+    out = Out.parse(args.out)
+    out.prepare(overwrite=args.overwrite)
     display = ctx.display()  # any problem with it shows before a task is paid for
     async with open_client(ctx.connection) as client:
         if ctx.connection.simulate:
@@ -43,18 +44,20 @@ async def generate(args: argparse.Namespace, ctx: Context) -> int:
 
 async def wait(args: argparse.Namespace, ctx: Context) -> int:
     """Attach to a task submitted earlier, wait for it and download its video."""
-    out = _target(Path(args.out) if args.out else None, args.task_id)
-    _check_writable(out, overwrite=args.overwrite)
+    task_id = checked_task_id(args.task_id)
+    out = Out.parse(args.out)
+    out.prepare(overwrite=args.overwrite, task_id=task_id)
     display = ctx.display()
     async with open_client(ctx.connection) as client:
-        handle = client.attach(args.task_id)
+        handle = client.attach(task_id)
         return await _collect(client, handle, out, args, ctx, display)
 
 
 async def status(args: argparse.Namespace, ctx: Context) -> int:
     """Print a task's snapshot as the gateway last refreshed it (one GET)."""
+    task_id = checked_task_id(args.task_id)
     async with open_client(ctx.connection) as client:
-        snapshot = await client.get_task(args.task_id)
+        snapshot = await client.get_task(task_id)
     if args.json:
         print(json.dumps(snapshot_json(snapshot), indent=2, ensure_ascii=False))
     else:
@@ -90,19 +93,92 @@ def snapshot_lines(snapshot: TaskSnapshot) -> list[tuple[str, str]]:
     return lines
 
 
+def checked_task_id(text: str) -> str:
+    """The task id given on the command line, without the blanks a copy may add.
+
+    Raises:
+        CLIError: (exit 3) the id is empty or blank.
+    """
+    task_id = text.strip()
+    if not task_id:
+        msg = f"TASK_ID is empty (got {text!r}): pass the id a submit answered, e.g. task_..."
+        raise CLIError(msg, code=ExitCode.INVALID)
+    return task_id
+
+
+@attrs.frozen(kw_only=True)
+class Out:
+    """Where ``--out`` saves a video: a file, or ``TASK_ID.mp4`` in a directory.
+
+    ``--out`` names a directory when it exists as one or ends in a path separator; any other
+    path is the file itself. Missing folders are created before anything is paid for.
+    """
+
+    folder: Path
+    #: The file's name; ``None``: ``TASK_ID.mp4``.
+    name: str | None = None
+
+    @classmethod
+    def parse(cls, text: str | None) -> Out:
+        """Read ``--out`` (``None``: the current directory)."""
+        if text is None:
+            return cls(folder=Path())
+        separators = tuple(sep for sep in (os.sep, os.altsep) if sep)
+        path = Path(text)
+        if text.endswith(separators) or path.is_dir():
+            return cls(folder=path)
+        return cls(folder=path.parent, name=path.name)
+
+    def path(self, task_id: str) -> Path:
+        """The file the video of ``task_id`` is saved as."""
+        return self.folder / (self.name or f"{task_id}.mp4")
+
+    def prepare(self, *, overwrite: bool, task_id: str | None = None) -> None:
+        """Create the missing folders; refuse a file that exists (unless ``overwrite``).
+
+        Args:
+            overwrite: ``--overwrite``.
+            task_id: the task, when known (``wait``), to check ``TASK_ID.mp4`` too.
+
+        Raises:
+            CLIError: (exit 2) a folder cannot be created, or the file exists.
+        """
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            msg = f"--out: cannot create the directory {self.folder}: {exc.strerror or exc}"
+            raise CLIError(msg, code=ExitCode.USAGE) from None
+        if self.name is not None or task_id is not None:
+            check_writable(self.path(task_id or ""), overwrite=overwrite)
+
+
+def check_writable(path: Path, *, overwrite: bool) -> None:
+    """Refuse before paying for a task whose video could not be saved.
+
+    Raises:
+        CLIError: (exit 2) ``path`` is a directory, or a file that exists without ``overwrite``.
+    """
+    if path.is_dir():
+        msg = f"--out: {path} is a directory; end it with / to save TASK_ID.mp4 in it"
+        raise CLIError(msg, code=ExitCode.USAGE)
+    if path.exists() and not overwrite:
+        msg = f"{path} exists; pass --overwrite to replace it, or choose another --out"
+        raise CLIError(msg, code=ExitCode.USAGE)
+
+
 async def _collect(
     client: WanClient,
     handle: TaskHandle,
-    out: Path | None,
+    out: Out,
     args: argparse.Namespace,
     ctx: Context,
     display: Display,
 ) -> int:
     """Wait for ``handle`` with a status line, then download its video to ``out``."""
-    target = _target(out, handle.task_id)
+    target = out.path(handle.task_id)
     ctx.interrupt_hint = (
         f"task {handle.task_id} goes on upstream; collect it later with: "
-        f"wan-async wait {handle.task_id} --out {target}"
+        f"wan-async wait {shlex.quote(handle.task_id)} --out {shlex.quote(str(target))}"
     )
     with display:
         watcher = _StatusLine(handle, display)
@@ -114,7 +190,16 @@ async def _collect(
             finally:
                 tg.cancel_scope.cancel()
     ctx.interrupt_hint = None
-    path = await client.download(result, target, overwrite=args.overwrite)
+    try:
+        path = await client.download(result, target, overwrite=args.overwrite)
+    except FileExistsError:
+        # Appeared while the task ran (checked before): the video is still to be had.
+        msg = (
+            f"{target} appeared while task {handle.task_id} ran, so the video was not saved; "
+            f"save it with: wan-async wait {shlex.quote(handle.task_id)} --out "
+            f"{shlex.quote(str(target))} --overwrite (or another --out)"
+        )
+        raise CLIError(msg, code=ExitCode.USAGE) from None
     ctx.say(f"saved: {path}")
     if ctx.quiet:
         print(path)
@@ -144,26 +229,6 @@ class _StatusLine:
 
     def _elapsed(self) -> float:
         return time.monotonic() - self._started
-
-
-def _target(out: Path | None, task_id: str) -> Path:
-    """The file to save to: ``out``, or ``TASK_ID.mp4`` in the directory ``out`` (or here)."""
-    name = f"{task_id}.mp4"
-    if out is None:
-        return Path(name)
-    return out / name if out.is_dir() else out
-
-
-def _check_writable(out: Path, *, overwrite: bool) -> None:
-    """Refuse before paying for a task whose video could not be saved."""
-    if out.is_dir():
-        return  # the video goes in it as TASK_ID.mp4
-    if out.exists() and not overwrite:
-        msg = f"{out} exists; pass --overwrite to replace it, or choose another --out"
-        raise CLIError(msg, code=ExitCode.USAGE)
-    if not out.parent.is_dir():
-        msg = f"the directory {out.parent} does not exist"
-        raise CLIError(msg, code=ExitCode.USAGE)
 
 
 def _jsonable(instance: object, field: object, value: Any) -> Any:

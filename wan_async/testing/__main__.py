@@ -13,9 +13,9 @@ from .._clock import Clock, ScaledClock, SystemClock
 from ._gateway import FakeGateway, is_loopback_host
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(prog: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m wan_async.testing",
+        prog=prog,
         description="Serve a simulated Wan video gateway (and its object storage) locally.",
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface (default: 127.0.0.1)")
@@ -123,9 +123,14 @@ async def _serve(args: argparse.Namespace) -> None:
     print("stopped", flush=True)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv``, serve until interrupted, and return the exit status."""
-    parser = _parser()
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m wan_async.testing") -> int:
+    """Parse ``argv``, serve until interrupted, and return the exit status.
+
+    Args:
+        argv: the options (default: ``sys.argv[1:]``).
+        prog: the program name its usage and errors show (``wan-async simulate`` there).
+    """
+    parser = _parser(prog)
     args = parser.parse_args(argv)
     if not args.allow_remote and not is_loopback_host(args.host):
         parser.error(f"--host {args.host} is not a loopback address; add --allow-remote")
@@ -133,7 +138,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_serve(args))
     except KeyboardInterrupt:
         print("stopped", flush=True)
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:  # a setting the simulator refuses, like --slots 0
+        print(f"{parser.prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # it could not serve, e.g. the port is taken
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
