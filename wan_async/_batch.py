@@ -294,7 +294,7 @@ class Batch:
         if error is not None and outcome.result is None:
             if self._fail_fast:
                 self._halt(error, waits=True)
-            elif isinstance(error, _BATCH_FATAL):
+            elif _stops_submitting(error):
                 self._halt(error, waits=False)
 
     async def _run_item(
@@ -410,6 +410,14 @@ class _ItemHooks:
                 await journal.unknown(self._index, at, error)
             else:
                 await journal.refused(self._index, str(error))
+
+
+def _stops_submitting(error: BaseException) -> bool:
+    """Whether every further submit would meet ``error`` too (as itself, or as the cause of
+    an unknown outcome: a redirect)."""
+    if isinstance(error, SubmitOutcomeUnknown):
+        return isinstance(error.cause, _BATCH_FATAL)
+    return isinstance(error, _BATCH_FATAL)
 
 
 def _where(task_id: str | None) -> str:
