@@ -375,3 +375,34 @@ async def test_journal_of_another_batch_is_refused_and_nothing_is_touched(
     assert "belongs to another batch" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert gw.stats.tasks_created == 2
+
+
+async def test_wait_with_a_wrong_key_exits_4_at_once(
+    gw: FakeGateway, capsys: pytest.CaptureFixture[str], no_gateway_env: None
+) -> None:
+    """wait with a key the gateway rejects ends at the first 401 (it waited forever in 0.1.0)."""
+    async with WanClient(api_key=KEY, base_url=gw.base_url, clock=gw.clock) as client:
+        created = await client.create_task(VideoRequest(prompt="mine", model="wan2.6-t2v"))
+    with anyio.fail_after(10):
+        code = await run_main("wait", created.task_id, "--api-key", "sk-rotated", gw=gw)
+    assert code == 4
+    err = capsys.readouterr().err
+    assert "401" in err
+    assert "--api-key" in err
+    assert "sk-rotated" not in err
+
+
+async def test_wait_on_a_gateway_that_stays_down_exits_5(
+    gw: FakeGateway, capsys: pytest.CaptureFixture[str], no_gateway_env: None
+) -> None:
+    """wait on a gateway that went down and never came back ends with a message and exit 5."""
+    async with WanClient(api_key=KEY, base_url=gw.base_url, clock=gw.clock) as client:
+        created = await client.create_task(VideoRequest(prompt="down", model="wan2.6-t2v"))
+    await gw.go_down("refuse")
+    with anyio.fail_after(20):
+        code = await run_main("wait", created.task_id, "--api-key", KEY, gw=gw)
+    await gw.come_back()
+    assert code == 5
+    err = capsys.readouterr().err
+    assert created.task_id in err
+    assert "could not be checked" in err
