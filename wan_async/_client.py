@@ -28,7 +28,6 @@ from ._download import download
 from ._exceptions import (
     ClientClosedError,
     DecodeError,
-    JournalError,
     SubmitOutcomeUnknown,
     WanError,
 )
@@ -546,22 +545,18 @@ class WanClient:
                 sent_at = self.clock.time()
                 if hooks is not None:
                     await hooks.sending(sent_at)
-                created = await self._post(body)
+                try:
+                    created = await self._post(body)
+                except WanError as exc:
+                    if hooks is not None:
+                        await hooks.settled(sent_at, None, exc)
+                    raise
                 if hooks is not None:
                     await hooks.settled(sent_at, created.task_id, None)
             return created
 
-        async def attempt() -> TaskCreated:
-            try:
-                return await once()
-            except WanError as exc:
-                if hooks is not None and not isinstance(exc, JournalError):
-                    with anyio.CancelScope(shield=True):
-                        await hooks.settled(sent_at, None, exc)
-                raise
-
         try:
-            return await self._with_retries(attempt, submit=True, what="submit")
+            return await self._with_retries(once, submit=True, what="submit")
         except WanError as exc:
             if exc.task_may_exist:
                 raise SubmitOutcomeUnknown(
