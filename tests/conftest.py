@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import random
+import socket
+import sys
 from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
 from typing import Any
 
+import anyio
+import anyio.abc
 import pytest
 
 from wan_async import PollPolicy, WanClient
@@ -33,6 +39,38 @@ async def gateway() -> AsyncIterator[FakeGateway]:
         clock=ScaledClock(SCALE), tick=15.0, slots=4, processing_time=fixed_processing(90.0)
     ) as gw:
         yield gw
+
+
+@pytest.fixture
+def closed_port() -> int:
+    """A loopback port with nothing listening."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+async def start_batch_worker(
+    gw: FakeGateway, clock: ScaledClock, journal: Path, n: int, *, submits: int = 8
+) -> anyio.abc.Process:
+    """Run ``tests/_batch_worker.py``'s batch of ``n`` with ``journal`` in another OS process,
+    against ``gw`` and sharing its clock."""
+    return await anyio.open_process(
+        [
+            sys.executable,
+            str(Path(__file__).with_name("_batch_worker.py")),
+            gw.base_url,
+            str(clock.scale),
+            repr(clock.epoch),
+            repr(clock.origin),
+            str(journal),
+            str(n),
+            str(submits),
+        ],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        stdout=None,
+        stderr=None,
+    )
 
 
 def make_client(gw: FakeGateway, **kwargs: object) -> WanClient:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -30,38 +28,14 @@ from wan_async._journal import Journal
 from wan_async.testing import FakeGateway, Fault, ScaledClock
 
 from ._batch_worker import batch
-from .conftest import SCALE, fixed_processing, make_client
+from .conftest import SCALE, fixed_processing, make_client, start_batch_worker
 
 pytestmark = pytest.mark.anyio
-
-WORKER = Path(__file__).with_name("_batch_worker.py")
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
     """The journal's complete lines, decoded."""
     return [json.loads(t) for t in path.read_text().splitlines() if t.endswith("}")]
-
-
-async def start_worker(
-    gw: FakeGateway, clock: ScaledClock, journal: Path, n: int, *, submits: int = 8
-) -> anyio.abc.Process:
-    """Run ``batch(n)`` with ``journal`` in another OS process, against ``gw``."""
-    return await anyio.open_process(
-        [
-            sys.executable,
-            str(WORKER),
-            gw.base_url,
-            str(clock.scale),
-            repr(clock.epoch),
-            repr(clock.origin),
-            str(journal),
-            str(n),
-            str(submits),
-        ],
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
-        stdout=None,
-        stderr=None,
-    )
 
 
 async def wait_for(condition: Any, what: str, seconds: float = 60) -> None:
@@ -86,7 +60,7 @@ async def test_a_second_process_on_the_same_journal_is_refused(tmp_path: Path) -
     n = 30
     clock = ScaledClock(100)
     async with FakeGateway(clock=clock, slots=8, processing_time=fixed_processing(120)) as gw:
-        worker = await start_worker(gw, clock, journal, n)
+        worker = await start_batch_worker(gw, clock, journal, n)
         try:
             await wait_for(
                 lambda: journal.exists() and '"submitted"' in journal.read_text(),
@@ -196,7 +170,7 @@ async def test_kill_9_reports_unknown_only_the_submits_on_the_wire(tmp_path: Pat
     clock = ScaledClock(100)
     async with FakeGateway(clock=clock, slots=50, processing_time=fixed_processing(600)) as gw:
         gw.inject(Fault.SLOW, on="submit", delay=0.3, times=1000)
-        worker = await start_worker(gw, clock, journal, n, submits=2)
+        worker = await start_batch_worker(gw, clock, journal, n, submits=2)
         try:
             await wait_for(lambda: gw.stats.tasks_created >= 5, "the worker submitted nothing")
         finally:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 from typing import Literal
 
 import aiohttp
@@ -272,15 +271,6 @@ async def test_status_regression_and_unknown_status(gateway: FakeGateway) -> Non
         snap = await client.get_task(created.task_id)
         assert snap.status is TaskStatus.UNKNOWN
         assert snap.raw_status == "MYSTERY_STATE"
-
-
-@pytest.fixture
-def closed_port() -> int:
-    """A loopback port with nothing listening."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 async def test_connection_refused_is_certainly_not_created(closed_port: int) -> None:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from wan_async._journal import fingerprint
 from wan_async.testing import FakeGateway, Fault, ScaledClock
 
 from ._batch_worker import batch
-from .conftest import fixed_processing, make_client
+from .conftest import fixed_processing, make_client, start_batch_worker
 
 pytestmark = pytest.mark.anyio
 
@@ -144,21 +142,7 @@ async def test_kill_9_mid_batch_then_resume(tmp_path: Path) -> None:
     n = 24
     clock = ScaledClock(100)
     async with FakeGateway(clock=clock, slots=6, processing_time=fixed_processing(90.0)) as gw:
-        worker = await anyio.open_process(
-            [
-                sys.executable,
-                str(Path(__file__).with_name("_batch_worker.py")),
-                gw.base_url,
-                str(clock.scale),
-                repr(clock.epoch),
-                repr(clock.origin),
-                str(journal),
-                str(n),
-            ],
-            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
-            stdout=None,
-            stderr=None,
-        )
+        worker = await start_batch_worker(gw, clock, journal, n)
         try:
             deadline = time.monotonic() + 60
             while True:  # kill once some items finished and others are still running

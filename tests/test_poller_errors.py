@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import socket
 import statistics
 
 import anyio
@@ -60,15 +59,6 @@ async def test_a_refused_query_fails_that_handle_at_once(gateway: FakeGateway) -
             await handle
     assert not isinstance(info.value, TaskNotFound)
     assert client.stats.poller.polls == 1
-
-
-@pytest.fixture
-def closed_port() -> int:
-    """A loopback port with nothing listening."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 async def test_a_gateway_that_stays_down_is_reported_after_give_up_after(
