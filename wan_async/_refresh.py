@@ -350,12 +350,12 @@ class StampPosition:
     first that does not.
     """
 
-    def __init__(self, *, usable: float = 0.5, drift: float = 0.005) -> None:
+    def __init__(self, *, usable: float = 0.5, drift: float = 0.001) -> None:
         self._usable = usable
         self._drift = drift
         self._period = 0
-        #: second of the pass -> (low, high, agreements)
-        self._slots: dict[int, tuple[float, float, int]] = {}
+        #: second of the pass -> (low, high, agreements, when last observed)
+        self._slots: dict[int, tuple[float, float, int, float]] = {}
 
     def window(self, stamp: float, period: float) -> tuple[float, float] | None:
         """Where after ``stamp`` (seconds, client clock) a refresh of that second of the pass
@@ -380,12 +380,14 @@ class StampPosition:
         key = int(stamp) % whole
         known = self._slots.get(key)
         if known is None or low > known[1] or high < known[0]:
-            self._slots[key] = (low, high, 1)
+            self._slots[key] = (low, high, 1, lo)
             return
+        widen = self._drift * max(0.0, lo - known[3])
         self._slots[key] = (
-            max(known[0] - self._drift, low),
-            min(known[1] + self._drift, high),
+            max(known[0] - widen, low),
+            min(known[1] + widen, high),
             known[2] + 1,
+            max(lo, known[3]),
         )
 
 
@@ -427,7 +429,7 @@ class RefreshEstimator:
     """
 
     def __init__(
-        self, *, hint: float = 15.0, probe_share: float = 0.05, resolution: float = 0.25
+        self, *, hint: float = 15.0, probe_share: float = 0.05, resolution: float = 0.15
     ) -> None:
         self.clock = ClockOffset()
         self.loop = RefreshPeriod(hint)
@@ -443,7 +445,7 @@ class RefreshEstimator:
         self._tokens = 1.0
         self._resolution = resolution
         #: How far a task's period is from the loop's plus its own bias (mean deviation).
-        self._task_dev = self.loop.spread / 2
+        self._task_dev = 0.25
         #: The task holding the period probe, and until when.
         self._lease: tuple[Hashable, float] | None = None
 
