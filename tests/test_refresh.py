@@ -50,8 +50,9 @@ class Loop:
     at ``position`` (0-1) of the way through it."""
 
     def __init__(
-        self, *, sleep: Schedule, passes: Schedule = constant(0.0), start: float = 1000.6
+        self, *, sleep: Schedule, passes: Schedule | None = None, start: float = 1000.6
     ) -> None:
+        passes = passes or constant(0.0)
         self.passes: list[tuple[float, float]] = []
         t, k = start, 0
         while t < start + 6000:
@@ -121,16 +122,16 @@ def poll(
     run = Run(RefreshEstimator(hint=hint))
     est = run.estimator
     born: dict[int, tuple[float, float]] = {}
-    heap: list[tuple[float, int, bool]] = []
+    heap: list[tuple[float, int]] = []
     for i in range(tasks):
         created = 1000.0 + 0.37 * i  # gateway time
         born[i] = (rng.random() if positions else 0.0, created)
         sent = created + offset - latency
         est.observe_submit(i, sent=sent, received=sent + 2 * latency, created=math.floor(created))
-        heapq.heappush(heap, (sent + 30.0, i, False))
+        heapq.heappush(heap, (sent + 30.0, i))
     end = 1000.0 + offset + until
     while heap:
-        sent, i, probe = heapq.heappop(heap)
+        sent, i = heapq.heappop(heap)
         if sent > end:
             break
         position, created = born[i]
@@ -151,9 +152,9 @@ def poll(
         early = est.probe_at(i, after=after, now=received) if probes else None
         if early is not None and early < ask:
             run.probes += 1
-            heapq.heappush(heap, (max(early, received), i, True))
+            heapq.heappush(heap, (max(early, received), i))
         else:
-            heapq.heappush(heap, (max(ask, received), i, False))
+            heapq.heappush(heap, (max(ask, received), i))
     return run
 
 
