@@ -49,7 +49,10 @@ _WITHIN_FLOOR = 0.03
 #: The quantile read by shortest(): about the 3rd percentile of a normal.
 _LOW_Z = 1.88
 #: How many recent observations a level remembers (older ones fade geometrically).
-_MEMORY = 50.0
+_MEMORY = 25.0
+#: Once a kind has this many ends, a new one is taken at most this many spreads from the mean.
+_MIN_FOR_CLIP = 3.0
+_CLIP_SD = 4.0
 
 
 def duration_key(model: str, size: str | None, duration: int | None) -> DurationKey:
@@ -157,6 +160,12 @@ class DurationModel:
         x = math.log(seconds / prior_median(key))
         if key is not None:
             kind = self._kinds.get(key)
+            if kind is not None and kind.weight >= _MIN_FOR_CLIP:
+                # One absurd end (a cached result, a clock jump) moves the estimate, but only
+                # so far: a real change of speed still shows within a few ends.
+                mean, var = self._estimate(key)
+                reach = _CLIP_SD * math.sqrt(var + self.within_var)
+                x = min(mean + reach, max(mean - reach, x))
             if kind is not None and kind.weight > 0:
                 # The spread within a kind, from how far a new end falls from the kind's own mean.
                 deviation = (x - kind.mean) ** 2 * kind.weight / (kind.weight + 1)
