@@ -350,6 +350,16 @@ def test_a_new_task_is_expected_where_the_newest_task_refreshes() -> None:
     assert forecast.ask_at < 1020.0
 
 
+def test_a_task_submitted_after_the_newest_refresh_waits_for_the_next_pass() -> None:
+    """Submitted well after the reference refreshed: the next pass, not the one already done."""
+    est = RefreshEstimator(hint=15.0)
+    est.observe_submit("old", sent=990.0, received=990.05, created=990)
+    est.observe("old", sent=1001.0, received=1001.05, stamp=1000)
+    est.observe_submit("new", sent=1008.0, received=1008.05, created=1008)
+    forecast = est.next_refresh("new", 990.0)  # asked for anything after the submit
+    assert 1014.0 < forecast.at < 1017.0
+
+
 def test_forecast_asks_after_its_margin() -> None:
     """A forecast's ask time is its expected time plus its margin."""
     assert Forecast(at=10.0, margin=0.5).ask_at == 10.5

@@ -37,7 +37,7 @@ MAX_PERIOD = 300.0
 _INF = math.inf
 
 
-@attrs.frozen
+@attrs.frozen(kw_only=True)
 class Forecast:
     """When a task's next refresh is expected, in the client's clock.
 
@@ -499,6 +499,9 @@ class RefreshEstimator:
         if n > first and sum(bracket(n - 1)) / 2 >= after:
             n -= 1  # a stale answer cut the previous refresh's interval: it is still to come
         low, high = bracket(n)
+        while first == 0 and high <= since:  # a newcomer submitted after that pass: the next
+            n += 1
+            low, high = bracket(n)
         if state is not None and state.stamp is not None:
             window = self.position.window(state.stamp, self.loop.period)
             if window is not None and _overlaps(state, window):
