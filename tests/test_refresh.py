@@ -383,6 +383,9 @@ def test_sparse_checks_at_multiples_of_the_period_do_not_inflate_it() -> None:
     run = poll(Loop(sleep=constant(15.0)), hint=15.0, every=3)
     assert max(run.periods) <= 16.0  # 0.1.0 drifted to 45-225 s
     assert run.estimator.period == pytest.approx(15.0, abs=0.1)
+    # And the checks land just after the refresh they are for (no early one that can only see
+    # a refresh in between).
+    assert run.lag(0.9) <= 1.0
 
 
 def test_a_3s_loop_with_a_15s_hint_is_found() -> None:

@@ -540,7 +540,13 @@ class RefreshEstimator:
                 self._lease = (task, when + period)
                 return when
         forecast = self.next_refresh(task, after)
-        if forecast.margin > self._resolution and self._tokens >= 1.0:
+        if (
+            forecast.margin > self._resolution
+            and self._tokens >= 1.0
+            # Only for the very next refresh: before a later one, the answer would show one in
+            # between, and narrow nothing.
+            and forecast.at - state.hi < 1.5 * period
+        ):
             self._tokens -= 1.0
             return forecast.at
         return None
