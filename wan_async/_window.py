@@ -7,12 +7,18 @@ So the window is set from how many of our tasks were seen running at the same ti
 reconstructed from upstream's own start and end stamps (also for tasks that ended before
 their first check), and kept ahead of it:
 
-* ``limit = gain * concurrency + headroom``: with half again as many in flight as ran at once,
-  a window that binds (every task in flight runs) grows by half each time the tasks it let in
-  start, and one that does not (extra tasks only wait) settles where the extra ones only wait.
-  While every task in flight runs, the gain is 2 (a start like TCP's slow start);
-* ``headroom`` covers the tasks that end while the poller has not noticed yet (end rate times
-  detection delay), so that a slot freed upstream finds a task of ours already waiting;
+* ``limit = gain * concurrency + headroom``, with ``gain`` 1.5: a window that binds (every
+  task in flight runs) grows by half each time the tasks it let in start, and one that does
+  not (extra tasks only wait) settles where the extra ones only wait;
+* at first, and again whenever every task in flight is seen running, the window grows as
+  TCP's slow start does: two more for every task seen to start (at most three times as many
+  as ran at once), until for a while (twice the usual wait before a start, plus the detection
+  delay) no more of ours ran at once: only then is upstream taken to be full. Meanwhile
+  :attr:`WindowEstimator.eager` asks the poller to check new tasks right after their first
+  refresh, so that it knows soon whether they started;
+* ``headroom`` covers the tasks that ended upstream while the poller has not noticed yet
+  (``concurrency / duration`` end per second, each unnoticed for the detection delay), so
+  that a slot freed upstream finds a task of ours already waiting;
 * ``concurrency`` is the most seen running at once over a recent horizon: when upstream's
   capacity drops, the window shrinks once the horizon has passed; when it returns, the tasks
   already waiting start at once, the concurrency rises, and the window grows back with it.
