@@ -19,6 +19,13 @@ inequalities, never guesses:
   (:class:`RefreshPeriod`). A period not proven so is *uncertified*, and the estimator asks for
   a probe: one GET a little more than half a period after a refresh settles it.
 
+Each task's latest refresh is kept as an interval of the client's clock, carried forward by
+the period (plus the task's own bias: its place in a pass that grows or shrinks) and narrowed
+by every answer; where in its whole second a refresh lands is shared between tasks refreshed
+in the same second of the pass (:class:`StampPosition`). :class:`RefreshEstimator` holds it
+all and answers the poller's two questions: when will this task's next refresh be (a
+:class:`Forecast`: a time and a margin), and is an early GET worth it (a probe).
+
 Times are in the client's own clock (what ``Clock.time()`` returns), never converted: a
 refresh bracket built from local send and receive times holds whatever the offset. Stamps are
 gateway Unix seconds. Nothing here does I/O or reads a clock: times are passed in.
