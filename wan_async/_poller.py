@@ -38,7 +38,14 @@ from ._exceptions import (
 from ._handle import TaskHandle
 from ._models import TaskSnapshot, TaskStatus, VideoResult
 from ._ratelimit import RateBudget
-from ._schedule import DurationKey, DurationModel, PollPolicy, RefreshEstimate, next_check
+from ._schedule import (
+    DurationKey,
+    DurationModel,
+    PollPolicy,
+    RefreshEstimate,
+    next_check,
+    on_grid,
+)
 
 logger = logging.getLogger("wan_async")
 
@@ -60,6 +67,8 @@ class Watch:
     next_at: float
     refreshed_at: float | None = None
     started_at: float | None = None
+    #: Gateway time of the submit (or the task's submit_time, for one attached by id).
+    submitted_at: float | None = None
     errors: int = 0
     #: Gateway time of the first of the current run of failed checks.
     failing_since: float | None = None
@@ -161,6 +170,7 @@ class Poller:
         now = self._gateway_now()
         watch = Watch(handle=handle, key=key, seen_at=now, next_at=now)
         if submitted:
+            watch.submitted_at = now
             watch.next_at = self._first_plan(watch)
         handle._watch = watch
         self._watches[handle.task_id] = watch
@@ -374,6 +384,8 @@ class Poller:
             elif refreshed > self._phase:
                 self._phase = refreshed
         watch.seen_at = local_now - self._skew
+        if watch.submitted_at is None and snapshot.submit_time is not None:
+            watch.submitted_at = snapshot.submit_time.timestamp()
         if snapshot.status is TaskStatus.QUEUED and not self._queue_seen:
             self._queue_seen = True
             self._notify()
@@ -425,15 +437,21 @@ class Poller:
         return self._phase + steps * period + self._policy.margin
 
     def _plan(self, watch: Watch, status: TaskStatus) -> float:
+        period = self._refresh.period
         return next_check(
             status=status,
+            submitted_at=watch.submitted_at,
             refreshed_at=watch.refreshed_at,
             started_at=watch.started_at,
             seen_at=watch.seen_at,
-            phase=self._phase,
             shortest=self._durations.shortest(watch.key),
-            period=self._refresh.period,
-            margin=self._policy.margin,
+            period=period,
+            next_refresh=on_grid(
+                grid=watch.refreshed_at if watch.refreshed_at is not None else self._phase,
+                period=period,
+                margin=self._policy.margin,
+                after_seen=watch.refreshed_at is not None,
+            ),
         )
 
     def _learn_duration(self, watch: Watch, snapshot: TaskSnapshot) -> None:

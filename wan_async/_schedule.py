@@ -2,58 +2,43 @@
 
 The gateway refreshes each unfinished task from upstream once per *refresh period* (15 s by
 default, SPEC §3.2) and stamps ``updated_at``; a GET between two refreshes returns the same data.
-The refresh loop serves all tasks together, so refreshes fall on one grid of times. Every check
-is placed just after a refresh, and only at refreshes where the task may have ended: a task
-cannot end before
+Every check is placed just after a refresh of the task (where those fall is learned by
+:class:`~wan_async._refresh.RefreshEstimator`; :func:`on_grid` is 0.1.0's single grid), and
+only at refreshes where the task may have ended: a task cannot end before
 
 * ``start + shortest`` once it has been seen running, where ``start`` is upstream's own start
   time (``output.scheduled_time``, to the millisecond) or, failing that, a period before the
   gateway's ``start_time`` stamp;
 * ``q + shortest`` if it was still queued at the refresh ``q``;
-* ``submit + shortest`` before the gateway has refreshed it at all;
+* ``submit + shortest`` before the gateway has refreshed it at all, however often a
+  ``NOT_START`` answer says so;
 
 and from then on it is checked once per refresh until it ends. ``shortest`` is a low quantile
-of how long upstream works on tasks of the same model, size and duration: a prior at first,
-then what this client has seen (per kind, and pooled over kinds as a ratio to their priors, so
-a few finished tasks of any kind already inform the others).
+of how long upstream works on tasks of the same model, size and duration
+(:class:`~wan_async._durations.DurationModel`).
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import attrs
 
+from ._durations import DurationKey, duration_key, prior_median
 from ._models import TaskStatus
 
-#: (model, size, duration) — what decides how long generation takes.
-DurationKey = tuple[str, str, int]
-
-_DEFAULT_SIZE = "1920*1080"
-_DEFAULT_DURATION = 5
-#: SPEC §6: 153 s of work for a 1080p 5 s video; 1-5 minutes overall.
-_PRIOR_1080P_5S = 150.0
-#: Before any task of a kind has been seen to finish, assume it may take as little as this
-#: fraction of the prior median, and never less than SPEC §6's "1 minute" halved.
-_PRIOR_SPREAD = 0.5
-_PRIOR_FLOOR = 30.0
-_MIN_OBSERVED = 3
-
-
-def _key_factor(size: str) -> float:
-    w, _, h = size.partition("*")
-    try:
-        pixels = int(w) * int(h)
-    except ValueError:
-        return 1.0
-    return 0.4 if pixels <= 420_000 else 0.6 if pixels <= 1_000_000 else 1.0
-
-
-def duration_key(model: str, size: str | None, duration: int | None) -> DurationKey:
-    """The key under which tasks of this kind share what is learned about their durations."""
-    return (model, size or _DEFAULT_SIZE, duration or _DEFAULT_DURATION)
+__all__ = [
+    "DurationKey",
+    "DurationModel",
+    "PollPolicy",
+    "RefreshEstimate",
+    "duration_key",
+    "earliest_end",
+    "next_check",
+    "on_grid",
+]
 
 
 @attrs.frozen(kw_only=True)
@@ -84,8 +69,20 @@ class PollPolicy:
     give_up_after: float = attrs.field(default=600.0, validator=attrs.validators.gt(0))
 
 
+#: Before any task of a kind has been seen to finish, assume it may take as little as this
+#: fraction of the prior median, and never less than SPEC §6's "1 minute" halved.
+_PRIOR_SPREAD = 0.5
+_PRIOR_FLOOR = 30.0
+_MIN_OBSERVED = 3
+
+
 class DurationModel:
-    """How long upstream works on a task, per kind: a prior, refined by observed tasks."""
+    """How long upstream works on a task, per kind: a prior, refined by observed tasks.
+
+    0.1.0's model, which the poller still uses: a kind's own ends count only from the third,
+    and then their minimum is taken as its shortest.
+    :class:`wan_async._durations.DurationModel` replaces it.
+    """
 
     def __init__(self, policy: PollPolicy, *, window: int = 100) -> None:
         self._policy = policy
@@ -97,7 +94,7 @@ class DurationModel:
         """Record that upstream worked ``seconds`` on a task of this kind."""
         if seconds <= 0:
             return
-        self._ratios.append(seconds / _prior_median(key))
+        self._ratios.append(seconds / prior_median(key))
         if key is not None:
             self._seen.setdefault(key, deque(maxlen=self._window)).append(seconds)
 
@@ -107,17 +104,10 @@ class DurationModel:
         if len(seen) >= _MIN_OBSERVED:
             return _low(seen)
         if len(self._ratios) >= _MIN_OBSERVED:
-            return _prior_median(key) * _low(self._ratios)
+            return prior_median(key) * _low(self._ratios)
         if self._policy.shortest_duration is not None:
             return self._policy.shortest_duration
-        return max(_PRIOR_FLOOR, _prior_median(key) * _PRIOR_SPREAD)
-
-
-def _prior_median(key: DurationKey | None) -> float:
-    if key is None:
-        return _PRIOR_1080P_5S
-    _, size, duration = key
-    return _PRIOR_1080P_5S * _key_factor(size) * duration / 5
+        return max(_PRIOR_FLOOR, prior_median(key) * _PRIOR_SPREAD)
 
 
 def _low(values: Iterable[float]) -> float:
@@ -127,7 +117,11 @@ def _low(values: Iterable[float]) -> float:
 
 
 class RefreshEstimate:
-    """The gateway's refresh period: configured, raised when refreshes come less often."""
+    """The gateway's refresh period: configured, raised when refreshes come less often.
+
+    0.1.0's estimate, learned only upward from the smallest gap (which sparse checks make a
+    multiple of the period); :class:`~wan_async._refresh.RefreshEstimator` replaces it.
+    """
 
     def __init__(self, configured: float, *, window: int = 32) -> None:
         self._configured = configured
@@ -146,45 +140,93 @@ class RefreshEstimate:
             self._gaps.append(update - previous_update)
 
 
-def next_check(
+def earliest_end(
     *,
     status: TaskStatus,
+    submitted_at: float | None,
     refreshed_at: float | None,
     started_at: float | None,
-    seen_at: float,
-    phase: float | None,
     shortest: float,
     period: float,
-    margin: float,
-) -> float:
-    """When to ask about an unfinished task next, in gateway time (Unix seconds).
+) -> float | None:
+    """The earliest a task can have ended, or None if nothing bounds it.
 
     Args:
         status: the latest status (``NOT_START`` right after submit).
-        refreshed_at: the refresh time of the latest answer (its ``updated_at``), if any.
+        submitted_at: when the task was submitted (or created, for one attached by id).
+        refreshed_at: the refresh time of the latest answer (its ``updated_at``), if any; never
+            the insert time a ``NOT_START`` answer carries.
         started_at: the earliest the task can have started, once it has been seen running.
-        seen_at: when the latest answer (or the submit) came back.
-        phase: any refresh time of the gateway's loop, for tasks not yet refreshed.
         shortest: the least work to expect.
         period: the refresh period.
-        margin: slack after a refresh.
     """
     if started_at is not None:
         # Also after a step back to QUEUED (SPEC §3.1): upstream may well still be working.
-        earliest = started_at + shortest
-    elif refreshed_at is None:
-        earliest = seen_at + shortest
-    elif status in (TaskStatus.IN_PROGRESS, TaskStatus.UNKNOWN):
+        return started_at + shortest
+    if refreshed_at is None or status is TaskStatus.NOT_START:
+        # Not refreshed yet: it can have been working since the submit, and no longer. An
+        # answer saying so is no news: the poll time is no start (0.1.0 planned from it).
+        return None if submitted_at is None else submitted_at + shortest
+    if status in (TaskStatus.IN_PROGRESS, TaskStatus.UNKNOWN):
         # Running (or unclear) with no start time: it started within the last period.
-        earliest = refreshed_at - period + shortest
-    else:
-        earliest = refreshed_at + shortest
-    target = max(earliest, seen_at)
-    grid = refreshed_at if refreshed_at is not None else phase
-    if grid is None:
-        return target + margin
-    # The first refresh at or after the target, and never the refresh already seen.
-    steps = math.ceil((target - grid) / period - 1e-9)
-    if refreshed_at is not None:
-        steps = max(steps, 1)
-    return grid + steps * period + margin
+        return refreshed_at - period + shortest
+    return refreshed_at + shortest
+
+
+def next_check(
+    *,
+    status: TaskStatus,
+    submitted_at: float | None,
+    refreshed_at: float | None,
+    started_at: float | None,
+    seen_at: float,
+    shortest: float,
+    period: float,
+    next_refresh: Callable[[float], float],
+) -> float:
+    """When to ask about an unfinished task next.
+
+    The first refresh at which it may have ended, and never one already seen: all times in
+    one clock, the one ``next_refresh`` works in.
+
+    Args:
+        status, submitted_at, refreshed_at, started_at, shortest, period: as for
+            :func:`earliest_end`.
+        seen_at: when the latest answer (or the submit) came back.
+        next_refresh: when to ask to see the task's first refresh at or after a given time,
+            newer than any refresh seen (its margin included), e.g.
+            ``RefreshEstimator.next_refresh(task, t).ask_at``.
+    """
+    earliest = earliest_end(
+        status=status,
+        submitted_at=submitted_at,
+        refreshed_at=refreshed_at,
+        started_at=started_at,
+        shortest=shortest,
+        period=period,
+    )
+    return next_refresh(seen_at if earliest is None else max(earliest, seen_at))
+
+
+def on_grid(
+    *, grid: float | None, period: float, margin: float, after_seen: bool
+) -> Callable[[float], float]:
+    """0.1.0's placement as a ``next_refresh`` for :func:`next_check`: refreshes on one grid.
+
+    Args:
+        grid: any refresh time of the loop (None while unknown: then ``margin`` after the
+            target).
+        period: the refresh period.
+        margin: slack after a refresh.
+        after_seen: ``grid`` is the refresh already seen: never plan that one again.
+    """
+
+    def ask(target: float) -> float:
+        if grid is None:
+            return target + margin
+        steps = math.ceil((target - grid) / period - 1e-9)
+        if after_seen:
+            steps = max(steps, 1)
+        return grid + steps * period + margin
+
+    return ask
