@@ -106,7 +106,8 @@ async def test_adaptive_window_tracks_upstream_capacity() -> None:
         client.add_status_listener(watch)
         outcomes = await client.generate_many(items(30), return_outcomes=True)
     assert all(o.ok for o in outcomes)
-    assert peak <= 8 + 2  # the initial window, never the whole batch
+    # A few times upstream's slots while it probes for more, never the whole batch.
+    assert peak <= 4 * 3
     assert gw.peak_running == 3
 
 

@@ -109,20 +109,27 @@ async def test_polls_are_few_and_never_within_a_refresh(gateway: FakeGateway) ->
         handles = [await client.submit(request(i)) for i in range(4)]  # 4 slots: no queueing
         for h in handles:
             await h
-        # After learning the durations, the next round needs even fewer polls.
+        # What the first round taught (durations, the loop's phase) plans the second.
         second = [await client.submit(request(10 + i)) for i in range(4)]
         for h in second:
             await h
     per_task = [gateway.stats.gets_per_task[h.task_id] for h in handles + second]
     naive = 90 / (15 / 3)  # polling every third of a tick for a 90 s task: 18 GETs
-    assert max(per_task) <= naive / 3
-    assert max(gateway.stats.gets_per_task[h.task_id] for h in second) <= 3
+    assert max(per_task) <= naive / 4
+    # Four identical ends do not prove the durations never vary: the second round checks from
+    # a little before 90 s, at each refresh (0.1.0 took the least of three ends as a bound).
+    assert max(gateway.stats.gets_per_task[h.task_id] for h in second) <= 4
     # Never asked again before the gateway could have refreshed the task since the last answer
-    # (updated_at has whole seconds: one second of slack).
-    for polls in asked.values():
-        for (_, seen), (sent, _) in itertools.pairwise(polls):
-            if seen is not None:
-                assert sent >= seen + gateway.tick - 1.0, polls
+    # (updated_at has whole seconds: one second of slack), but for a few deliberate probes
+    # early in the client's life that prove the refresh period (a stale answer half a period
+    # after a refresh shows no shorter period exists).
+    early = [
+        polls
+        for polls in asked.values()
+        for (_, seen), (sent, _) in itertools.pairwise(polls)
+        if seen is not None and sent < seen + gateway.tick - 1.0
+    ]
+    assert len(early) <= 2, early
 
 
 async def test_detection_is_prompt(gateway: FakeGateway) -> None:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 from wan_async._models import TaskStatus
-from wan_async._schedule import earliest_end, next_check, on_grid
+from wan_async._schedule import earliest_end, next_check
 
 
 def plain(target: float) -> float:
@@ -15,16 +13,15 @@ def plain(target: float) -> float:
 
 def test_a_not_start_answer_does_not_push_the_earliest_end_back() -> None:
     """Submitted at 0, 75 s of work at least: still NOT_START at 40 s, check at 75 s, not 115."""
-    when = next_check(
+    end = earliest_end(
         status=TaskStatus.NOT_START,
         submitted_at=0.0,
         refreshed_at=None,
         started_at=None,
-        seen_at=40.0,
         shortest=75.0,
         period=15.0,
-        next_refresh=plain,
     )
+    when = next_check(earliest=end, seen_at=40.0, next_refresh=plain)
     assert when == 75.0  # 0.1.0 restarted the count at every NOT_START answer: 115 s
 
 
@@ -85,28 +82,13 @@ def test_nothing_bounds_a_task_attached_by_id_before_its_first_refresh() -> None
 
 def test_never_before_the_latest_answer() -> None:
     """A check is never planned before the answer that prompted it."""
-    when = next_check(
+    end = earliest_end(
         status=TaskStatus.QUEUED,
         submitted_at=0.0,
         refreshed_at=10.0,
         started_at=None,
-        seen_at=200.0,
         shortest=75.0,
         period=15.0,
-        next_refresh=plain,
     )
-    assert when == 200.0
-
-
-@pytest.mark.parametrize(
-    ("target", "expected"), [(100.0, 106.5), (105.0, 106.5), (105.1, 121.5), (0.0, 106.5)]
-)
-def test_on_grid_places_checks_after_refreshes_of_one_grid(target: float, expected: float) -> None:
-    """0.1.0's placement: the first grid refresh at or after the target, never the one seen."""
-    ask = on_grid(grid=90.0, period=15.0, margin=1.5, after_seen=True)
-    assert ask(target) == expected
-
-
-def test_on_grid_without_a_grid_waits_the_margin() -> None:
-    """Before any refresh is known, a check goes a margin after its target."""
-    assert on_grid(grid=None, period=15.0, margin=1.5, after_seen=False)(100.0) == 101.5
+    assert next_check(earliest=end, seen_at=200.0, next_refresh=plain) == 200.0
+    assert next_check(earliest=None, seen_at=200.0, next_refresh=plain) == 200.0

@@ -415,3 +415,11 @@ def test_other_draws_of_the_shared_upstream(seed: int) -> None:
     """The shared model with other random draws: still as fast as submitting everything."""
     outcome = batch(Upstream(capacity=slots(20), away=(0.0, 120.0)), seed=seed)
     assert outcome.throughput >= 0.98
+
+
+def test_forgetting_before_any_time_is_known_is_harmless() -> None:
+    """A task dropped before any event carried a time (a key refused at once) breaks nothing."""
+    window = WindowEstimator(initial=8)
+    window.forget("a")
+    assert window.concurrency == 0
+    assert window.limit == 8

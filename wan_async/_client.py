@@ -49,8 +49,6 @@ SUBMIT_PATH = "/v1/video/generations"
 POLLER_TASK_NAME = "wan_async.poller"
 
 _T = TypeVar("_T")
-#: Tasks a batch keeps outstanding before anything is known of upstream's capacity.
-_INITIAL_WINDOW = 8
 #: What may not appear in a file name made from a task id.
 _UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9_-]")
 logger = logging.getLogger("wan_async")
@@ -289,12 +287,13 @@ class WanClient:
     ) -> TaskHandle:
         self._running()
         async with self._submit_slots:
-            created = await self._create(request, hooks)
+            created, sent_at = await self._create(request, hooks)
         # No checkpoint since the answer came: the new task is tracked before any cancellation
         # can be delivered.
         handle = TaskHandle(created.task_id, request=request, clock=self.clock)
         key = duration_key(request.model, request.size, request.duration)
-        self._poller.track(handle, key=key, submitted=True)
+        created_at = created.created_at.timestamp() if created.created_at else None
+        self._poller.track(handle, key=key, submitted=(sent_at, created_at))
         return handle
 
     async def generate(self, request: VideoRequest, *, timeout: float | None = None) -> VideoResult:
@@ -328,7 +327,7 @@ class WanClient:
         if existing is not None:
             return existing
         handle = TaskHandle(task_id, request=None, clock=self.clock)
-        self._poller.track(handle, key=None, submitted=False)
+        self._poller.track(handle, key=None)
         return handle
 
     def add_status_listener(self, listener: StatusListener) -> None:
@@ -385,7 +384,7 @@ class WanClient:
         poller = self._poller
         admission = Admission(
             cap=max_in_flight or self.max_in_flight,
-            limit=None if max_in_flight else lambda: poller.window(initial=_INITIAL_WINDOW),
+            limit=None if max_in_flight else poller.window,
             outstanding=lambda: poller.stats.outstanding,
         )
         batch = Batch(
@@ -402,12 +401,14 @@ class WanClient:
         )
         self._batches.add(batch)
         poller.add_change_callback(admission.kick)
+        adaptive = poller.using_window() if max_in_flight is None else contextlib.nullcontext()
         try:
-            task_group.start_soon(self._serve_batch, batch)
-            # Closed explicitly, not left to the garbage collector, when the caller leaves.
-            async with contextlib.aclosing(batch.outcomes()) as outcomes:
-                async for outcome in outcomes:
-                    yield outcome
+            with adaptive:
+                task_group.start_soon(self._serve_batch, batch)
+                # Closed explicitly, not left to the garbage collector, when the caller leaves.
+                async with contextlib.aclosing(batch.outcomes()) as outcomes:
+                    async for outcome in outcomes:
+                        yield outcome
         finally:
             poller.remove_change_callback(admission.kick)
 
@@ -525,9 +526,13 @@ class WanClient:
                 exist and be billed. Never retried; its ``cause`` is the transport or API error.
             WanError: any other failure, in which case no task was created.
         """
-        return await self._create(request, None)
+        created, _ = await self._create(request, None)
+        return created
 
-    async def _create(self, request: VideoRequest, hooks: SubmitHooks | None) -> TaskCreated:
+    async def _create(
+        self, request: VideoRequest, hooks: SubmitHooks | None
+    ) -> tuple[TaskCreated, float]:
+        """Submit with retries; the created task, and when its (last) request was sent."""
         self._check_open()
         if not isinstance(request, VideoRequest):
             msg = f"create_task() takes a VideoRequest, got {type(request).__name__}"
@@ -556,13 +561,14 @@ class WanClient:
             return created
 
         try:
-            return await self._with_retries(once, submit=True, what="submit")
+            created = await self._with_retries(once, submit=True, what="submit")
         except WanError as exc:
             if exc.task_may_exist:
                 raise SubmitOutcomeUnknown(
                     request=request, submitted_at=sent_at, cause=exc
                 ) from exc
             raise
+        return created, sent_at
 
     async def _post(self, body: object) -> TaskCreated:
         """One submit request (the caller shields it), counted while it may be on the wire."""

@@ -5,6 +5,16 @@ for how that time is chosen). The poller sleeps until the earliest one is due or
 arrives, draws one request from the client's shared :class:`~wan_async._ratelimit.RateBudget`,
 and hands the most promising due task to one of a few GET workers. A worker's answer updates
 the task's handle, resolves it when the task has ended, or puts it back in the heap.
+
+Every answer is also evidence for three estimators, which the schedule and the batches' window
+read: the gateway's refresh loop and the clock offset
+(:class:`~wan_async._refresh.RefreshEstimator`), how long work takes
+(:class:`~wan_async._durations.DurationModel`) and how many tasks upstream runs for us
+(:class:`~wan_async._window.WindowEstimator`). Nothing is assumed that they can learn:
+``PollPolicy.refresh_period`` is only their first guess.
+
+The heap is in the client's own clock (``Clock.time()``); times stamped by the gateway or
+upstream are moved into it with the learned offset.
 """
 
 from __future__ import annotations
@@ -12,10 +22,9 @@ from __future__ import annotations
 import contextlib
 import heapq
 import logging
-import math
 import random
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 import anyio
 import attrs
@@ -23,6 +32,7 @@ from anyio.abc import TaskStatus as AnyioTaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._clock import Clock
+from ._durations import DurationKey, DurationModel
 from ._exceptions import (
     AuthenticationError,
     BadRequestError,
@@ -38,14 +48,9 @@ from ._exceptions import (
 from ._handle import TaskHandle
 from ._models import TaskSnapshot, TaskStatus, VideoResult
 from ._ratelimit import RateBudget
-from ._schedule import (
-    DurationKey,
-    DurationModel,
-    PollPolicy,
-    RefreshEstimate,
-    next_check,
-    on_grid,
-)
+from ._refresh import RefreshEstimator
+from ._schedule import PollPolicy, earliest_end, next_check
+from ._window import WindowEstimator
 
 logger = logging.getLogger("wan_async")
 
@@ -58,19 +63,20 @@ StatusListener = Callable[[TaskHandle, TaskSnapshot], None]
 
 @attrs.define(slots=True, eq=False)
 class Watch:
-    """The poller's private record of one outstanding task."""
+    """The poller's private record of one outstanding task (times in the client's clock
+    unless said otherwise)."""
 
     handle: TaskHandle
     key: DurationKey | None
-    #: Gateway time of the latest answer (or of the submit).
-    seen_at: float
     next_at: float
-    refreshed_at: float | None = None
-    started_at: float | None = None
-    #: Gateway time of the submit (or the task's submit_time, for one attached by id).
+    #: When the submit was sent (for a task attached by id: its submit_time, once seen).
     submitted_at: float | None = None
+    #: Gateway time (``updated_at``) of the latest refresh seen.
+    refreshed_at: float | None = None
+    #: Gateway time: the earliest the task can have started, once seen running.
+    started_at: float | None = None
     errors: int = 0
-    #: Gateway time of the first of the current run of failed checks.
+    #: When the current run of failed checks began.
     failing_since: float | None = None
     active: bool = True
 
@@ -104,7 +110,10 @@ class Poller:
         self._policy = policy
         self._rng = rng or random.Random()
         self._durations = DurationModel(policy)
-        self._refresh = RefreshEstimate(policy.refresh_period)
+        self._refresh = RefreshEstimator(hint=policy.refresh_period)
+        self._window = WindowEstimator(initial=_INITIAL_WINDOW)
+        self._window_limit = self._window.limit
+        self._window_users = 0
         #: (next check, sequence, watch), earliest first; entries whose time no longer matches
         #: the watch's are stale and skipped.
         self._heap: list[tuple[float, int, Watch]] = []
@@ -115,13 +124,6 @@ class Poller:
         self._ended: OrderedDict[str, TaskHandle] = OrderedDict()
         self._seq = 0
         self._wakeup = anyio.Event()
-        self._skew = 0.0
-        #: The latest refresh time seen on any task: the phase of the gateway's refresh loop.
-        self._phase: float | None = None
-        #: Upstream capacity, as far as this client can tell (see window()).
-        self._running = 0
-        self._peak_running = 0
-        self._queue_seen = False
         self._change_callbacks: list[Callable[[], None]] = []
         self._listeners: list[StatusListener] = []
         self._closed = False
@@ -158,36 +160,73 @@ class Poller:
         with contextlib.suppress(ValueError):
             self._listeners.remove(listener)
 
-    def track(self, handle: TaskHandle, *, key: DurationKey | None, submitted: bool) -> None:
+    def track(
+        self,
+        handle: TaskHandle,
+        *,
+        key: DurationKey | None,
+        submitted: tuple[float, float | None] | None = None,
+    ) -> None:
         """Start tracking ``handle``: a task just submitted, or one attached by id.
 
-        A submitted task is first checked when it could possibly have ended; an attached one
-        at once, since nothing is known about it.
+        Args:
+            key: the kind of task, for what is learned of durations.
+            submitted: for a task just submitted, when its submit was sent (client clock)
+                and the gateway's ``created_at`` (Unix seconds), if it said.
+
+        A submitted task is first checked when it could possibly have ended (or right after
+        its first refresh, while the window is still finding upstream's capacity); an attached
+        one at once, since nothing is known about it.
         """
         if self._closed:
             handle._fail(ClientClosedError(_CLOSED))
             return
-        now = self._gateway_now()
-        watch = Watch(handle=handle, key=key, seen_at=now, next_at=now)
-        if submitted:
-            watch.submitted_at = now
-            watch.next_at = self._first_plan(watch)
+        task_id = handle.task_id
+        now = self._clock.time()
+        watch = Watch(handle=handle, key=key, next_at=now)
+        if submitted is not None:
+            sent, created = submitted
+            watch.submitted_at = sent
+            self._refresh.observe_submit(task_id, sent=sent, received=now, created=created)
+            self._window.submitted(task_id, at=sent - self._refresh.offset)
+            self._window_moved()
+            if self._window.eager and self._window_users:
+                # A batch's window is still finding upstream's capacity: whether this task
+                # started at its first refresh tells it how far to grow.
+                watch.next_at = self._refresh.next_refresh(task_id, now).ask_at
+            else:
+                watch.next_at = self._plan(watch, TaskStatus.NOT_START, now)
         handle._watch = watch
-        self._watches[handle.task_id] = watch
+        self._watches[task_id] = watch
         self._push(watch)
 
-    def window(self, *, initial: int) -> int:
+    @contextlib.contextmanager
+    def using_window(self) -> Iterator[None]:
+        """Mark a batch that reads :meth:`window` as running (the poller then spends a check
+        on each new task's first refresh while the window is still growing)."""
+        self._window_users += 1
+        try:
+            yield
+        finally:
+            self._window_users -= 1
+
+    def window(self) -> int:
         """How many tasks this client should keep outstanding to keep upstream busy.
 
-        Tasks beyond upstream's capacity only sit queued, costing status checks. Until upstream
-        is seen to queue a task, the window doubles with every task seen running (from
-        ``initial``); after that it is the most tasks seen running at once plus a quarter more,
-        so that a freed slot finds a task of ours already waiting for it.
+        Learned from how many of this client's tasks upstream was seen running at once (see
+        :class:`~wan_async._window.WindowEstimator`): a task that only waits upstream costs
+        status checks, one too few leaves a slot idle.
         """
-        peak = self._peak_running
-        if not self._queue_seen:
-            return max(initial, 2 * peak)
-        return max(2, peak + max(2, -(-peak // 4)))
+        return self._window.limit
+
+    def _window_moved(self) -> None:
+        """Tell the batches when the window grew: a batch may send more now."""
+        limit = self._window.limit
+        if limit > self._window_limit:
+            self._window_limit = limit
+            self._notify()
+        else:
+            self._window_limit = limit
 
     def add_change_callback(self, callback: Callable[[], None]) -> None:
         """Call ``callback()`` whenever a task ends or upstream's capacity is better known."""
@@ -232,9 +271,6 @@ class Poller:
 
     # -- the schedule -------------------------------------------------------------------
 
-    def _gateway_now(self) -> float:
-        return self._clock.time() - self._skew
-
     def _push(self, watch: Watch) -> None:
         self._seq += 1
         heapq.heappush(self._heap, (watch.next_at, self._seq, watch))
@@ -247,7 +283,7 @@ class Poller:
 
     def _collect_due(self) -> None:
         """Move every task due now from the time heap to the ready heap (best first)."""
-        now = self._gateway_now()
+        now = self._clock.time()
         heap, ready = self._heap, self._ready
         period = self._refresh.period
         while heap and heap[0][0] <= now:
@@ -265,7 +301,7 @@ class Poller:
             if not self._heap:
                 await self._wakeup.wait()
                 continue
-            delay = (self._heap[0][0] - self._gateway_now()) / self._clock.scale
+            delay = (self._heap[0][0] - self._clock.time()) / self._clock.scale
             with anyio.move_on_after(delay):
                 await self._wakeup.wait()
 
@@ -285,11 +321,16 @@ class Poller:
         async with receive:
             async for watch in receive:
                 if watch.active:
-                    await self._check(watch)
+                    try:
+                        await self._check(watch)
+                    except Exception as exc:  # a bug must fail one handle, not the poller
+                        logger.exception("checking %s failed unexpectedly", watch.handle.task_id)
+                        self._finish(watch, None, exc)
 
     async def _check(self, watch: Watch) -> None:
         task_id = watch.handle.task_id
         self._polls += 1
+        sent = self._clock.time()
         try:
             snapshot = await self._fetch(task_id)
         except ClientClosedError:
@@ -300,7 +341,7 @@ class Poller:
             self._budget.throttled()
             wait = max(exc.retry_after or 0.0, self._refresh.period / 3)
             logger.debug("poll of %s rate-limited; next in %.1fs", task_id, wait)
-            self._reschedule(watch, self._gateway_now() + wait)
+            self._reschedule(watch, self._clock.time() + wait)
         except _CLIENT_WIDE as exc:
             # The key (or the base URL) is refused: every other task's check would be too.
             self._poll_errors += 1
@@ -313,20 +354,17 @@ class Poller:
         except WanError as exc:
             self._poll_errors += 1
             self._failed_transiently(watch, exc)
-        except Exception as exc:  # a bug must fail one handle, never stop the poller
-            logger.exception("checking task %s failed unexpectedly", task_id)
-            self._finish(watch, None, exc)
         else:
             if not watch.active:
                 return  # failed meanwhile with the rest (a rejected key), or closed
             watch.errors = 0
             watch.failing_since = None
-            self._apply(watch, snapshot)
+            self._apply(watch, snapshot, sent)
 
     def _failed_transiently(self, watch: Watch, error: WanError) -> None:
         """Check again after a back-off, until the failures have lasted ``give_up_after``."""
         task_id = watch.handle.task_id
-        now = self._gateway_now()
+        now = self._clock.time()
         if watch.failing_since is None:
             watch.failing_since = now
         failing_for = now - watch.failing_since
@@ -363,40 +401,28 @@ class Poller:
             watch.next_at = when
             self._push(watch)
 
-    def _apply(self, watch: Watch, snapshot: TaskSnapshot) -> None:
+    def _apply(self, watch: Watch, snapshot: TaskSnapshot, sent: float) -> None:
         handle = watch.handle
+        task_id = handle.task_id
         previous = handle.snapshot
         handle._update(snapshot)
-        local_now = self._clock.time()
+        received = self._clock.time()
+        refresh = self._refresh
         # A task never refreshed carries its insert time in updated_at, not a refresh time.
-        refreshed = (
+        stamp = (
             snapshot.updated_at.timestamp()
             if snapshot.updated_at and snapshot.status is not TaskStatus.NOT_START
             else None
         )
-        if refreshed is not None:
-            self._observe_skew(local_now - refreshed)
-            self._refresh.observe(watch.refreshed_at, refreshed)
-            watch.refreshed_at = refreshed
-            if self._phase is None:
-                self._phase = refreshed
-                self._replan_blind()
-            elif refreshed > self._phase:
-                self._phase = refreshed
-        watch.seen_at = local_now - self._skew
+        refresh.observe(task_id, sent=sent, received=received, stamp=stamp)
+        if stamp is not None:
+            watch.refreshed_at = stamp
         if watch.submitted_at is None and snapshot.submit_time is not None:
-            watch.submitted_at = snapshot.submit_time.timestamp()
-        if snapshot.status is TaskStatus.QUEUED and not self._queue_seen:
-            self._queue_seen = True
-            self._notify()
+            watch.submitted_at = snapshot.submit_time.timestamp() + refresh.offset
         if watch.started_at is None and (snapshot.upstream_start or snapshot.start_time):
-            watch.started_at = _earliest_start(snapshot, self._refresh.period)
-            self._running += 1
-            if self._running > self._peak_running:
-                self._peak_running = self._running
-                self._notify()
+            watch.started_at = _earliest_start(snapshot, refresh.period)
         if previous is None or previous.raw_status != snapshot.raw_status:
-            logger.debug("task %s is %s", handle.task_id, snapshot.raw_status)
+            logger.debug("task %s is %s", task_id, snapshot.raw_status)
             for listener in list(self._listeners):
                 try:
                     listener(handle, snapshot)
@@ -404,7 +430,7 @@ class Poller:
                     # A listener's bug must not stop the poller every other task depends on.
                     logger.exception("status listener %r failed; the poller goes on", listener)
         if snapshot.is_terminal:
-            self._learn_duration(watch, snapshot)
+            self._learn(watch, snapshot, received)
             try:
                 result = snapshot.result()
             except TaskFailed as exc:
@@ -412,67 +438,72 @@ class Poller:
             else:
                 self._finish(watch, result, None)
             return
-        self._reschedule(watch, self._plan(watch, snapshot.status))
+        at = stamp if stamp is not None else received - refresh.offset
+        self._window.seen(task_id, at=at, started=watch.started_at)
+        self._window_moved()
+        self._reschedule(watch, self._plan(watch, snapshot.status, received))
 
-    def _replan_blind(self) -> None:
-        """Align the checks planned before the refresh phase was known onto the refreshes."""
-        for watch in self._watches.values():
-            if watch.refreshed_at is None and watch.active and watch.next_at != float("inf"):
-                watch.next_at = self._first_plan(watch)
-                self._push(watch)
-
-    def _first_plan(self, watch: Watch) -> float:
-        """The first check of a task just submitted."""
-        if not self._queue_seen:
-            # Until upstream has been seen to queue our tasks, look right after the first
-            # refresh: it tells the refresh phase and whether upstream has room (window()).
-            return self._first_refresh_after(watch.seen_at)
-        return self._plan(watch, TaskStatus.NOT_START)
-
-    def _first_refresh_after(self, when: float) -> float:
-        period = self._refresh.period
-        if self._phase is None:
-            return when + period + self._policy.margin
-        steps = max(1, math.ceil((when - self._phase) / period))
-        return self._phase + steps * period + self._policy.margin
-
-    def _plan(self, watch: Watch, status: TaskStatus) -> float:
-        period = self._refresh.period
-        return next_check(
+    def _plan(self, watch: Watch, status: TaskStatus, now: float, *, probe: bool = True) -> float:
+        """When to check an unfinished task next (client clock)."""
+        refresh = self._refresh
+        task_id = watch.handle.task_id
+        offset = refresh.offset
+        earliest = earliest_end(
             status=status,
             submitted_at=watch.submitted_at,
-            refreshed_at=watch.refreshed_at,
-            started_at=watch.started_at,
-            seen_at=watch.seen_at,
+            refreshed_at=None if watch.refreshed_at is None else watch.refreshed_at + offset,
+            started_at=None if watch.started_at is None else watch.started_at + offset,
             shortest=self._durations.shortest(watch.key),
-            period=period,
-            next_refresh=on_grid(
-                grid=watch.refreshed_at if watch.refreshed_at is not None else self._phase,
-                period=period,
-                margin=self._policy.margin,
-                after_seen=watch.refreshed_at is not None,
-            ),
+            period=refresh.period,
         )
+        when = next_check(
+            earliest=earliest,
+            seen_at=now,
+            next_refresh=lambda t: refresh.next_refresh(task_id, t).ask_at,
+        )
+        if probe:
+            # A deliberate early look, when it teaches the loop's period or this task's phase.
+            after = now if earliest is None else max(now, earliest)
+            early = refresh.probe_at(task_id, after=after, now=now)
+            if early is not None and early < when:
+                when = max(early, now)
+        return when
 
-    def _learn_duration(self, watch: Watch, snapshot: TaskSnapshot) -> None:
+    def _replan(self) -> None:
+        """Plan again every waiting check: what durations to expect moved a lot."""
+        now = self._clock.time()
+        for watch in self._watches.values():
+            if watch.active and watch.next_at != float("inf") and watch.started_at is None:
+                status = watch.handle.status
+                when = self._plan(watch, status, now, probe=False)
+                if when != watch.next_at:
+                    self._reschedule(watch, when)
+
+    def _learn(self, watch: Watch, snapshot: TaskSnapshot, received: float) -> None:
+        """What an ended task teaches: how long work takes, how many of ours ran at once."""
+        start, end = snapshot.upstream_start, snapshot.upstream_end
+        started = start.timestamp() if start else watch.started_at
+        ended = (
+            end.timestamp()
+            if end
+            else (snapshot.finish_time.timestamp() if snapshot.finish_time else None)
+        )
+        if ended is not None:
+            seen = received - self._refresh.offset
+            self._window.ended(watch.handle.task_id, started=started, ended=ended, seen=seen)
+            self._window_moved()
         if snapshot.status is not TaskStatus.SUCCESS:
             return  # failures end early: they say nothing about how long work takes
-        if snapshot.upstream_start and snapshot.upstream_end:
-            took = (snapshot.upstream_end - snapshot.upstream_start).total_seconds()
+        if start and end:
+            took = (end - start).total_seconds()
         elif snapshot.start_time and snapshot.finish_time:
             # Refresh stamps, each up to a period late: count the span a half period short.
             span = (snapshot.finish_time - snapshot.start_time).total_seconds()
             took = span - self._refresh.period / 2
         else:
             return
-        self._durations.observe(watch.key, took)
-
-    def _observe_skew(self, sample: float) -> None:
-        # An updated_at later than our own clock proves our clock is behind the gateway's;
-        # shift by the largest such lead. A clock ahead cannot be told apart from answer
-        # latency and whole-second stamps, so it is left alone (it only delays checks).
-        if sample < self._skew:
-            self._skew = sample
+        if self._durations.observe(watch.key, took):
+            self._replan()
 
     def _finish(
         self, watch: Watch, result: VideoResult | None, error: BaseException | None
@@ -488,8 +519,8 @@ class Poller:
             self._ended[task_id] = watch.handle
             if len(self._ended) > _ENDED_KEPT:
                 self._ended.popitem(last=False)
-        if watch.started_at is not None:
-            self._running -= 1
+        self._refresh.forget(task_id)
+        self._window.forget(task_id)  # no-op after an end it has learned from
         watch.handle._resolve(result, error)
         self._notify()
 
@@ -515,6 +546,8 @@ def _ready_key(watch: Watch, due: float, period: float) -> float:
     return due - head_start * period
 
 
+#: Tasks a client keeps outstanding before anything is known of upstream's capacity.
+_INITIAL_WINDOW = 8
 #: How many ended tasks' handles are kept for attach() (a few hundred bytes each).
 _ENDED_KEPT = 4096
 _CLOSED = "the client was closed before the task ended; attach to its id from a new client"

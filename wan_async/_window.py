@@ -113,6 +113,8 @@ class WindowEstimator:
     @property
     def concurrency(self) -> int:
         """The most of our tasks seen running at once over the recent horizon."""
+        if not self._blocks:
+            return 0
         oldest = math.floor((self._now - self._horizon) / self._step) // _BLOCK
         return max((v for k, v in self._blocks.items() if k >= oldest), default=0)
 
