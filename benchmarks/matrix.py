@@ -247,12 +247,14 @@ def _run(gateway: Gateway, job: Any, params: dict[str, Any], scale: float, name:
         timeline=True,
     )
     run = Run(client=client, sim=sim, scale=scale, real_seconds=time.monotonic() - started)
+    client["items"] = params["tasks"]
     if client["killed"]:  # the simulator knows which endings the client had seen
         statuses = [status for _, status in run.timeline["seen"]]
         client["ok"], client["failed"] = statuses.count("SUCCESS"), statuses.count("FAILURE")
     print(
-        f"  {gateway.label} | {name}: {client['wall'] / 60:.1f} gateway min"
-        f"{' (killed)' if client['killed'] else ''}, {run.real_seconds:.0f} s real at x{scale:g}",
+        f"    {name:<9}  {client['wall'] / 60:5.1f} gateway min"
+        f"{' (killed)' if client['killed'] else ''} in {run.real_seconds:.0f} s real "
+        f"(time x{scale:g})",
         flush=True,
     )
     return run
@@ -290,7 +292,8 @@ def table_rows(rows: Sequence[Row]) -> list[list[object]]:
                     row.gateway.label,
                     name,
                     f"{row.period:.3g}",
-                    f"{run.client['ok']}/{run.client['failed']}",
+                    f"{run.client['ok']}/{run.client['failed']}"
+                    + (f", {open_} open" if (open_ := _open(run)) else ""),
                     run.gets_per_task,
                     percentile(lags, 50),
                     p95,
@@ -302,6 +305,13 @@ def table_rows(rows: Sequence[Row]) -> list[list[object]]:
                 ]
             )
     return out
+
+
+def _open(run: Run) -> int:
+    """Items a killed run had not seen end (0 for a run that ended)."""
+    if not run.client["killed"]:
+        return 0
+    return int(run.client["items"]) - run.client["ok"] - run.client["failed"]
 
 
 HEADERS = [
@@ -350,13 +360,14 @@ def series(run: Run, bucket: float = RATE_BUCKET) -> dict[str, list[float]]:
     for t in times:
         if 0 <= t < buckets * bucket:
             counts[int(t // bucket)] += 1
-    seen = sorted(t - start for t, _ in run.timeline["seen"])
+    seen = sorted(t - start for t, _ in run.timeline["seen"] if t - start <= end)
     finished = sorted(t - start for t in run.timeline["finishes"] if t - start <= end)
+    # Each curve runs on to the batch's end (or to the moment it was killed).
     return {
         "rate_t": [i * bucket / 60 for i in range(buckets + 1)],
         "rate": [c / bucket for c in counts],
-        "seen_t": [0.0, *(t / 60 for t in seen)],
-        "seen_n": [0.0, *range(1, len(seen) + 1)],
+        "seen_t": [0.0, *(t / 60 for t in seen), end / 60],
+        "seen_n": [0.0, *range(1, len(seen) + 1), float(len(seen))],
         "gw_t": [0.0, *(t / 60 for t in finished)],
         "gw_n": [0.0, *range(1, len(finished) + 1)],
     }
@@ -376,7 +387,12 @@ def draw(rows: Sequence[Row], path: Path, title: str) -> bool:
         )
         return False
     fig, axes = plt.subplots(
-        len(rows), 2, figsize=(10, 1.9 * len(rows) + 0.9), squeeze=False, layout="constrained"
+        len(rows),
+        2,
+        figsize=(10, 1.9 * len(rows) + 0.9),
+        squeeze=False,
+        sharex="row",
+        layout="constrained",
     )
     for (rate_ax, done_ax), row in zip(axes, rows, strict=True):
         for name, run in row.runs.items():
@@ -389,23 +405,21 @@ def draw(rows: Sequence[Row], path: Path, title: str) -> bool:
                 s["gw_t"], s["gw_n"], where="post", color=color, linewidth=0.7, linestyle=":"
             )
             if run.client["killed"]:
-                done_ax.plot(s["seen_t"][-1], s["seen_n"][-1], "x", color=color, markersize=7)
+                done_ax.plot(s["seen_t"][-1], s["seen_n"][-1], "x", color=color, markersize=8)
         rate_ax.set_yscale("log")
-        rate_ax.set_ylabel("requests/s")
+        rate_ax.set_ylabel("requests/s", fontsize=8)
         rate_ax.set_title(row.gateway.label, fontsize=9, loc="left")
-        done_ax.set_ylabel("tasks finished")
-        done_ax.set_title(f"period {row.period:.3g} s", fontsize=9, loc="left")
+        done_ax.set_ylabel("tasks finished", fontsize=8)
+        done_ax.set_title(f"refresh period {row.period:.3g} s", fontsize=9, loc="left")
         for ax in (rate_ax, done_ax):
             ax.tick_params(labelsize=8)
             ax.grid(alpha=0.3, linewidth=0.5)
-    axes[-1][0].set_xlabel("gateway minutes since the batch started")
-    axes[-1][1].set_xlabel(
-        "gateway minutes (solid: seen by the client; dotted: gateway; x: killed)"
-    )
-    axes[0][0].legend(fontsize=8, loc="upper right")
+    for ax in axes[-1]:
+        ax.set_xlabel("gateway minutes since the batch started", fontsize=8)
+    axes[0][0].legend(fontsize=8, loc="lower left")
     fig.suptitle(title, fontsize=9)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=72)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
     print(f"picture: {path} ({path.stat().st_size // 1024} KiB)", flush=True)
     return True
@@ -460,7 +474,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     load = os.getloadavg()
     print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n", flush=True)
     started = time.monotonic()
-    rows = [run_row(gateway, args) for gateway in gateways(args)]
+    chosen = gateways(args)
+    rows = []
+    for number, gateway in enumerate(chosen, start=1):
+        print(f"[{number}/{len(chosen)}] {gateway.label}", flush=True)
+        rows.append(run_row(gateway, args))
     print()
     print_table(HEADERS, table_rows(rows))
     print(
@@ -477,9 +495,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if args.plot is not None:
         legend = (
-            f"requests/s: submits and status GETs per {RATE_BUCKET:g} gateway s; tasks finished: "
-            "solid, seen by "
-            "the client; dotted, seen by the gateway; x: wan_async killed"
+            f"left: submits and status GETs per second (per {RATE_BUCKET:g} gateway s); right: "
+            "tasks the client saw finish (solid), the gateway saw finish (dotted); x: killed"
         )
         draw(rows, args.plot, f"{setup}; {machine}\n{legend}")
     sys.stdout.flush()
