@@ -294,8 +294,8 @@ def table_rows(rows: Sequence[Row]) -> list[list[object]]:
                     f"{run.client['ok']}/{run.client['failed']}"
                     + (f", {open_} open" if (open_ := _open(run)) else ""),
                     run.gets_per_task,
-                    percentile(lags, 50),
-                    p95,
+                    f"{percentile(lags, 50):.2f}",
+                    f"{p95:.2f}",
                     f"> {wall:.1f} (killed)" if run.client["killed"] else f"{wall:.1f}",
                     f"> {ratio:.2f}" if run.client["killed"] else f"{ratio:.2f}",
                     run.client["cpu"],
