@@ -2,7 +2,8 @@
 
 Both processes share one ScaledClock (same epoch and monotonic origin), so gateway minutes pass
 in real seconds while the client's CPU time and memory are measured apart from the
-simulator's.
+simulator's. The client's clock may be shifted (a machine whose clock is ahead or behind):
+its Unix readings differ, its intervals and ``monotonic()`` do not.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import anyio
 import anyio.to_thread
 
 from wan_async import ScaledClock
-from wan_async.testing import FakeGateway
+from wan_async.testing import FakeGateway, TaskInfo
 
 ClientJob = Callable[[str, str, ScaledClock, Mapping[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -29,25 +30,49 @@ def _clock(shared: Mapping[str, float]) -> ScaledClock:
     return ScaledClock(shared["scale"], epoch=shared["epoch"], origin=shared["origin"])
 
 
-def _simulator_process(conn: Connection, shared: dict[str, float], options: dict[str, Any]) -> None:
+def _simulator_process(
+    conn: Connection, shared: dict[str, float], options: dict[str, Any], timeline: bool
+) -> None:
     async def run() -> None:
         async with FakeGateway(clock=_clock(shared), **options) as gw:
             conn.send((gw.base_url, gw.api_key))
             await anyio.to_thread.run_sync(conn.recv)
             tasks = gw.tasks()
-            conn.send(
-                {
-                    "tasks": len(tasks),
-                    "gets": [t.gets for t in tasks],
-                    "lags": gw.detection_lags(),
-                    "submits": sum(gw.stats.outcomes("submit").values()),
-                    "duplicates": sum(n - 1 for n in gw.stats.tasks_per_prompt.values() if n > 1),
-                    "requests": dict(gw.stats.requests),
-                    "peak_running": gw.peak_running,
-                }
-            )
+            report = {
+                "tasks": len(tasks),
+                "gets": [t.gets for t in tasks],
+                "lags": gw.detection_lags(),
+                "submits": sum(gw.stats.outcomes("submit").values()),
+                "duplicates": sum(n - 1 for n in gw.stats.tasks_per_prompt.values() if n > 1),
+                "requests": dict(gw.stats.requests),
+                "peak_running": gw.peak_running,
+            }
+            if timeline:
+                report["timeline"] = _timeline(gw, tasks, shared["epoch"])
+            conn.send(report)
 
     anyio.run(run)
+
+
+def _timeline(gw: FakeGateway, tasks: Sequence[TaskInfo], epoch: float) -> dict[str, Any]:
+    """What happened when, in seconds of the shared clock's ``monotonic()``."""
+    return {
+        "submits": [r.at - epoch for r in gw.stats.request_log if r.kind == "submit"],
+        "gets": [r.at - epoch for r in gw.stats.request_log if r.kind == "get"],
+        "finishes": [f.gateway_finish - epoch for f in gw.stats.finishes],
+        # When a GET first showed each task's end to the client, and how it ended.
+        "seen": [
+            (t.first_terminal_get - epoch, t.status)
+            for t in tasks
+            if t.first_terminal_get is not None
+        ],
+        "passes": [(p.start - epoch, p.end - epoch) for p in gw.stats.passes],
+        "get_gaps": [
+            later - earlier
+            for t in tasks
+            for earlier, later in zip(t.get_times, t.get_times[1:], strict=False)
+        ],
+    }
 
 
 def _client_process(
@@ -57,9 +82,11 @@ def _client_process(
     api_key: str,
     shared: dict[str, float],
     params: dict[str, Any],
+    shift: float,
 ) -> None:
     before = resource.getrusage(resource.RUSAGE_SELF)
-    out = anyio.run(job, base_url, api_key, _clock(shared), params)
+    clock = _clock(shared)
+    out = anyio.run(job, base_url, api_key, clock.shifted(shift) if shift else clock, params)
     after = resource.getrusage(resource.RUSAGE_SELF)
     out["cpu"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     out["peak_rss_mib"] = after.ru_maxrss / 1024  # kilobytes on Linux
@@ -72,18 +99,33 @@ def run_pair(
     scale: float,
     gateway: dict[str, Any],
     params: dict[str, Any],
+    client_clock_shift: float = 0.0,
+    timeline: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Start a simulator, run ``job`` against it in a fresh process; return both reports."""
+    """Start a simulator, run ``job`` against it in a fresh process; return both reports.
+
+    Args:
+        job: the client's work, run in its own process with the shared clock.
+        scale: gateway seconds per real second.
+        gateway: ``FakeGateway`` keyword arguments.
+        params: handed to ``job``.
+        client_clock_shift: seconds the client's clock reads ahead of the gateway's
+            (negative: behind); its intervals and ``monotonic()`` stay the gateway's.
+        timeline: add the simulator's ``"timeline"`` (request, finish and pass times, in
+            seconds of the shared clock's ``monotonic()``) to its report.
+    """
     ctx = multiprocessing.get_context("spawn")
     shared = {"scale": scale, "epoch": time.time(), "origin": time.monotonic()}
     sim_parent, sim_child = ctx.Pipe()
-    sim = ctx.Process(target=_simulator_process, args=(sim_child, shared, gateway), daemon=True)
+    sim = ctx.Process(
+        target=_simulator_process, args=(sim_child, shared, gateway, timeline), daemon=True
+    )
     sim.start()
     base_url, api_key = sim_parent.recv()
     cli_parent, cli_child = ctx.Pipe()
     client = ctx.Process(
         target=_client_process,
-        args=(cli_child, job, base_url, api_key, shared, params),
+        args=(cli_child, job, base_url, api_key, shared, params, client_clock_shift),
         daemon=True,
     )
     client.start()

@@ -1,0 +1,49 @@
+"""The benchmarks run: a smoke run of the gateway matrix (no timing, no targets checked)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+#: A guard against a hung run, far above the quick mode's usual 10-20 s.
+HANG_GUARD = 600
+
+
+def table(output: str) -> tuple[list[str], list[list[str]]]:
+    """The header and the data rows (as cells) of the Markdown table in ``output``."""
+    lines = [line for line in output.splitlines() if line.startswith("|")]
+    assert len(lines) > 2, output
+    header, _rule, *rows = ([cell.strip() for cell in line.strip("|").split("|")] for line in lines)
+    return header, rows
+
+
+def test_quick_matrix_prints_every_row(tmp_path: Path) -> None:
+    """``matrix.py --quick`` completes and prints a naive and a wan_async row per gateway."""
+    picture = tmp_path / "matrix.png"
+    done = subprocess.run(
+        [sys.executable, "benchmarks/matrix.py", "--quick", "--plot", str(picture)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    header, rows = table(done.stdout)
+    gateways = list(dict.fromkeys(row[0] for row in rows))
+    assert len(gateways) == 3
+    assert [(row[0], row[1]) for row in rows] == [
+        (gateway, client) for gateway in gateways for client in ("naive", "wan_async")
+    ]
+    for row in rows:
+        assert len(row) == len(header), row
+        assert all(row), row
+        assert re.fullmatch(r"\d+/\d+(, \d+ open)?", row[3]), row
+    if importlib.util.find_spec("matplotlib") is None:
+        assert "picture skipped: matplotlib is not installed" in done.stdout
+    else:
+        assert picture.read_bytes().startswith(b"\x89PNG")
