@@ -449,3 +449,17 @@ def test_tasks_at_different_places_in_a_shrinking_pass() -> None:
     assert run.lag(0.5) <= 0.5
     assert run.lag(0.9) <= 3.0
     assert run.wasted <= 0.1
+
+
+def test_a_trend_is_followed_for_a_couple_of_periods_only() -> None:
+    """A pass that grew for a while is not extrapolated to grow forever (it once read 78 s)."""
+    loop = RefreshPeriod(15.0)
+    at = 0.0
+    for k in range(12):
+        gap = 20.0 + k  # the pass grows by a second per refresh
+        at += gap
+        loop.observe_stale(at=at, lower=0.6 * gap)
+        loop.observe_gap(at=at, low=gap - 0.5, high=gap + 0.5, lower=0.6 * gap)
+    now = loop.expected(at)
+    assert now > 28.0  # the trend is followed...
+    assert loop.expected(at + 1000.0) <= now + 2 * now * 0.1 + 1.0  # ...but not for 1000 s

@@ -191,7 +191,11 @@ class RefreshPeriod:
     def _at(self, when: float) -> float:
         if self._level_at == -_INF:
             return self._level
-        return _clamp(self._level + self._slope * (when - self._level_at))
+        # A trend is followed for a couple of periods past the last sample, never further: a
+        # pass that grew for a while does not grow forever (0.1 s/s over 500 s is 50 s more).
+        reach = _TREND_REACH * self._level
+        elapsed = min(reach, max(-reach, when - self._level_at))
+        return _clamp(self._level + self._slope * elapsed)
 
     def _ttl(self) -> float:
         # Certification is renewed about every ten periods (one probe).
@@ -341,6 +345,8 @@ def _clamp(period: float) -> float:
 #: The period grows or shrinks by at most this many seconds per second (a pass that doubles
 #: within ten periods).
 _MAX_SLOPE = 0.1
+#: How many periods past the last sample a trend is extrapolated.
+_TREND_REACH = 2.0
 
 
 class StampPosition:
