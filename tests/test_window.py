@@ -423,3 +423,31 @@ def test_forgetting_before_any_time_is_known_is_harmless() -> None:
     window.forget("a")
     assert window.concurrency == 0
     assert window.limit == 8
+
+
+def test_no_start_seen_yet_is_no_proof_that_upstream_is_full() -> None:
+    """Tasks still being dispatched (QUEUED with free slots) never end the window's growth."""
+    window = WindowEstimator(initial=8)
+    for i in range(8):
+        window.submitted(i, at=0.0)
+    for at in (15.0, 30.0, 45.0, 60.0, 75.0):
+        for i in range(8):
+            window.seen(i, at=at, started=None)
+    assert window.eager  # 0.1.0's rule, and this one before the fix, gave up after 30 s
+    window.seen(0, at=90.0, started=80.0)
+    window.seen(1, at=90.0, started=85.0)
+    assert window.eager
+
+
+def test_the_first_waits_set_the_patience_at_once() -> None:
+    """A first wait of 60 s makes the growth wait about that long, not a few seconds."""
+    window = WindowEstimator(initial=8)
+    for i in range(16):
+        window.submitted(i, at=0.0)
+    for i in range(4):
+        window.seen(i, at=75.0, started=60.0)
+    # The concurrency rose at 75 s and stays flat: with waits of 60 s the growth goes on for
+    # more than 80 s (an average from zero read 25 s after four waits, and stopped at 70 s).
+    for i in range(4):
+        window.seen(i, at=155.0, started=60.0)
+    assert window.eager

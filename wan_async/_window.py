@@ -34,6 +34,8 @@ from collections.abc import Hashable
 
 #: Buckets per block: the concurrency is a maximum over blocks, kept up to date as it rises.
 _BLOCK = 64
+#: Tasks seen to start before the window may conclude that upstream is full.
+_MIN_STARTS = 4
 
 
 class _Task:
@@ -97,6 +99,7 @@ class WindowEstimator:
         self._limit = self._initial
         #: How long tasks wait between submit and start, and when the concurrency last rose.
         self._wait = 0.0
+        self._waits = 0
         #: Tasks seen to start since the window last began to grow fast (slow start).
         self._started = 0
         self._base = self._initial
@@ -230,7 +233,11 @@ class WindowEstimator:
         """Learn how long tasks wait between submit and start."""
         self._started += 1
         if state.submitted is not None and state.start is not None:
-            self._wait += (max(0.0, state.start - state.submitted) - self._wait) / 8
+            wait = max(0.0, state.start - state.submitted)
+            self._waits += 1
+            # The first waits set the level (an average from zero would make a first
+            # patience far too short while the first tasks are still being dispatched).
+            self._wait += (wait - self._wait) / min(8, self._waits)
 
     def _cover(self, state: _Task, until: float) -> None:
         """Count the task as running from where it was counted up to ``until``."""
@@ -248,6 +255,16 @@ class WindowEstimator:
                 blocks[block] = count
         state.covered = until
 
+    def _patience(self) -> float:
+        """How long the concurrency may stay flat before the growth is over.
+
+        Tasks wait before they start (upstream's dispatch), so a rise shows only that much
+        later; but a wait that grew because our own tasks queue must not keep the window
+        growing: past half a task's duration, waiting is queueing.
+        """
+        wait = self._wait if self._duration is None else min(self._wait, self._duration / 2)
+        return max(30.0, 2 * wait + self._delay)
+
     def _update(self) -> None:
         outstanding = len(self._tasks)
         full = outstanding >= self._limit - 1
@@ -258,7 +275,12 @@ class WindowEstimator:
         if full and self._running >= 0.9 * outstanding and not self._startup:
             # Every task in flight runs: the window is what limits. Grow fast again.
             self._startup, self._started, self._base = True, 0, self._limit
-        elif self._startup and self._now - self._rose_at > max(30.0, 2 * self._wait + self._delay):
+        elif (
+            self._startup
+            # Nothing is known of upstream's capacity until some of ours were seen to start.
+            and self._waits >= _MIN_STARTS
+            and self._now - self._rose_at > self._patience()
+        ):
             # More in flight for a while, and no more ran at once: the extra ones only wait
             # (waiting alone proves nothing: tasks may wait whatever the load).
             self._startup = False
