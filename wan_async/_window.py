@@ -186,13 +186,9 @@ class WindowEstimator:
             ended: when upstream ended it.
             seen: when the poller noticed (to learn how long ends go unnoticed).
         """
-        state = self._tasks.pop(task, None)
+        state = self._drop(task)
         if state is not None:
-            if not state.seen:
-                self._unseen -= 1
-            if state.start is not None:
-                self._running -= 1
-            elif started is not None:
+            if state.start is None and started is not None:
                 state.start = state.covered = started
                 self._waited(state)
             if state.start is not None:
@@ -209,15 +205,20 @@ class WindowEstimator:
 
     def forget(self, task: Hashable) -> None:
         """Stop counting ``task`` (dropped for another reason than its end)."""
+        self._drop(task)
+        self._update()
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _drop(self, task: Hashable) -> _Task | None:
+        """Stop counting ``task`` as in flight (and as running); return what was known."""
         state = self._tasks.pop(task, None)
         if state is not None:
             if not state.seen:
                 self._unseen -= 1
             if state.start is not None:
                 self._running -= 1
-        self._update()
-
-    # -- internals ----------------------------------------------------------------------
+        return state
 
     def _advance(self, at: float) -> None:
         if at <= self._now:
