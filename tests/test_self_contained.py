@@ -6,8 +6,8 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-#: A path that climbs out of the repository: to ``../shared`` (our machines' read-only
-#: documents), or above the repository's root with ``parents[2]`` from a file one level down.
+#: A path that climbs out of the repository: to the maintainers' read-only ``shared`` folder
+#: beside the clone, or above the repository's root with ``parents[2]`` from a file one level down.
 _OUTSIDE = re.compile(r"\.\./shared\b|/ *[\"']shared[\"']|parents\[[2-9]\]")
 
 
