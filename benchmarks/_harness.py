@@ -20,8 +20,23 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from wan_async import ScaledClock
+from wan_async import ScaledClock, VideoRequest
 from wan_async.testing import FakeGateway, TaskInfo
+
+
+def make_requests(n: int, mix: Sequence[tuple[str, int]], prompt: str) -> list[VideoRequest]:
+    """``n`` distinct prompts (``prompt`` with ``{i}`` filled in) cycling through the sizes and
+    durations of ``mix``."""
+    return [
+        VideoRequest(
+            prompt=prompt.format(i=i),
+            model="wan2.6-t2v",
+            size=mix[i % len(mix)][0],
+            duration=mix[i % len(mix)][1],
+        )
+        for i in range(n)
+    ]
+
 
 ClientJob = Callable[[str, str, ScaledClock, Mapping[str, Any]], Awaitable[dict[str, Any]]]
 

@@ -37,6 +37,7 @@ from wan_async import (
 )
 from wan_async.testing import Fault
 
+import _harness
 from _harness import percentile, print_table, run_pair
 
 TICK = 15.0
@@ -57,15 +58,7 @@ CONFIGS = [("1280*720", 5), ("1920*1080", 5), ("1280*720", 10), ("1920*1080", 10
 
 def make_requests(n: int) -> list[VideoRequest]:
     """``n`` distinct prompts cycling through four size/duration mixes."""
-    return [
-        VideoRequest(
-            prompt=f"fan-out item {i}: a lighthouse in a storm, shot {i}",
-            model="wan2.6-t2v",
-            size=CONFIGS[i % len(CONFIGS)][0],
-            duration=CONFIGS[i % len(CONFIGS)][1],
-        )
-        for i in range(n)
-    ]
+    return _harness.make_requests(n, CONFIGS, "fan-out item {i}: a lighthouse in a storm, shot {i}")
 
 
 async def naive(

@@ -44,6 +44,7 @@ import anyio
 from wan_async import ScaledClock, VideoRequest, WanClient, WanError
 from wan_async.testing import default_processing_time
 
+import _harness
 from _harness import percentile, print_table, run_pair
 
 #: The request mix: 720P and 1080P 5 s videos (upstream medians 90 s and 150 s).
@@ -106,15 +107,8 @@ class Row:
 
 def make_requests(n: int, mix: Sequence[tuple[str, int]]) -> list[VideoRequest]:
     """``n`` distinct prompts cycling through the sizes and durations of ``mix``."""
-    return [
-        VideoRequest(
-            prompt=f"matrix item {i}: a paper lantern drifting over a harbour, take {i}",
-            model="wan2.6-t2v",
-            size=mix[i % len(mix)][0],
-            duration=mix[i % len(mix)][1],
-        )
-        for i in range(n)
-    ]
+    prompt = "matrix item {i}: a paper lantern drifting over a harbour, take {i}"
+    return _harness.make_requests(n, mix, prompt)
 
 
 async def naive(

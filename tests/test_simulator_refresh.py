@@ -11,6 +11,7 @@ from wan_async.testing import RefreshPass, ScaledClock, SystemClock
 from .test_simulator import (
     EPOCH,
     Api,
+    ManualClock,
     _no_server_errors,  # noqa: F401 - the autouse fixture applies here too
     advance,
     fixed,
@@ -28,23 +29,11 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-class JumpClock:
+class JumpClock(ManualClock):
     """A clock whose sleeps return at once, having moved the clock on by what they slept."""
 
-    scale = 1.0
-
-    def __init__(self, epoch: float = EPOCH) -> None:
-        self._epoch = epoch
-        self._elapsed = 0.0
-
-    def time(self) -> float:
-        return self._epoch + self._elapsed
-
-    def monotonic(self) -> float:
-        return self._elapsed
-
     async def sleep(self, seconds: float) -> None:
-        self._elapsed += max(0.0, seconds)
+        self.advance(max(0.0, seconds))
         await anyio.lowlevel.checkpoint()
 
 
