@@ -479,9 +479,6 @@ class RefreshEstimator:
         """Whether the period is proven not to be a multiple of the true one (see probe_at)."""
         return self.loop.certified
 
-    def __len__(self) -> int:
-        return len(self._tasks)
-
     def next_refresh(self, task: Hashable, after: float) -> Forecast:
         """The first refresh of ``task`` at or after ``after``, newer than any seen (local).
 
