@@ -3,12 +3,16 @@
 Both processes share one ScaledClock (same epoch and monotonic origin), so gateway minutes pass
 in real seconds while the client's CPU time and memory are measured apart from the
 simulator's. The client's clock may be shifted (a machine whose clock is ahead or behind):
-its Unix readings differ, its intervals and ``monotonic()`` do not.
+its Unix readings differ, its intervals and ``monotonic()`` do not. The simulator's upstream
+may be compressed (its working times divided by a factor), so that a client on a clock at
+scale 1, real time, can meet a gateway whose tasks last seconds rather than minutes.
 """
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
+import random
 import resource
 import statistics
 import sys
@@ -21,7 +25,7 @@ import anyio
 import anyio.to_thread
 
 from wan_async import ScaledClock, VideoRequest
-from wan_async.testing import FakeGateway, TaskInfo
+from wan_async.testing import FakeGateway, TaskInfo, default_processing_time
 
 
 def make_requests(n: int, mix: Sequence[tuple[str, int]], prompt: str) -> list[VideoRequest]:
@@ -45,9 +49,34 @@ def _clock(shared: Mapping[str, float]) -> ScaledClock:
     return ScaledClock(shared["scale"], epoch=shared["epoch"], origin=shared["origin"])
 
 
+def compressed_processing_time(
+    body: Mapping[str, Any], rng: random.Random, *, compress: float, sigma: float | None = None
+) -> float:
+    """Upstream's default working time for one task (lognormal ``sigma``; ``None``: the
+    default's), divided by ``compress``."""
+    if sigma is None:
+        return default_processing_time(body, rng) / compress
+    return default_processing_time(body, rng, sigma=sigma) / compress
+
+
 def _simulator_process(
-    conn: Connection, shared: dict[str, float], options: dict[str, Any], timeline: bool
+    conn: Connection,
+    shared: dict[str, float],
+    options: dict[str, Any],
+    compress: float,
+    timeline: bool,
 ) -> None:
+    if compress != 1.0:
+        # Built in this process from numbers, so that what crosses the spawn boundary stays
+        # plain data (a lambda would not pickle at all).
+        spread = options.get("processing_spread")
+        work = functools.partial(
+            compressed_processing_time,
+            compress=compress,
+            sigma=None if spread is None else float(spread),
+        )
+        options = {**options, "processing_time": work}
+
     async def run() -> None:
         async with FakeGateway(clock=_clock(shared), **options) as gw:
             conn.send((gw.base_url, gw.api_key))
@@ -115,25 +144,38 @@ def run_pair(
     gateway: dict[str, Any],
     params: dict[str, Any],
     client_clock_shift: float = 0.0,
+    compress: float = 1.0,
     timeline: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Start a simulator, run ``job`` against it in a fresh process; return both reports.
 
     Args:
         job: the client's work, run in its own process with the shared clock.
-        scale: gateway seconds per real second.
+        scale: gateway seconds per real second, of the clock both processes share (1: the
+            client runs in real time).
         gateway: ``FakeGateway`` keyword arguments.
         params: handed to ``job``.
         client_clock_shift: seconds the client's clock reads ahead of the gateway's
             (negative: behind); its intervals and ``monotonic()`` stay the gateway's.
+        compress: divide upstream's working times (the default processing time, with
+            ``gateway``'s ``processing_spread``) by this; the ``tick`` and any other time in
+            ``gateway`` is the caller's to compress alike.
         timeline: add the simulator's ``"timeline"`` (request, finish and pass times, in
             seconds of the shared clock's ``monotonic()``) to its report.
     """
+    if not compress > 0:
+        msg = f"compress must be a positive number, got {compress!r}"
+        raise ValueError(msg)
+    if compress != 1.0 and "processing_time" in gateway:
+        msg = "compress divides the default processing time; pass no processing_time with it"
+        raise ValueError(msg)
     ctx = multiprocessing.get_context("spawn")
     shared = {"scale": scale, "epoch": time.time(), "origin": time.monotonic()}
     sim_parent, sim_child = ctx.Pipe()
     sim = ctx.Process(
-        target=_simulator_process, args=(sim_child, shared, gateway, timeline), daemon=True
+        target=_simulator_process,
+        args=(sim_child, shared, gateway, compress, timeline),
+        daemon=True,
     )
     sim.start()
     base_url, api_key = sim_parent.recv()

@@ -1,7 +1,9 @@
 """Gateway matrix: wan_async with default settings against a naive poller, gateway by gateway.
 
-Run: python benchmarks/matrix.py [--tasks 120] [--slots 20] [--scale 40] [--plot PATH]
+Run: python benchmarks/matrix.py [--tasks 120] [--slots 20] [--scale 40] [--compress 10]
+                                 [--gateways KEY ...] [--plot PATH]
      python benchmarks/matrix.py --quick          (a smoke run: 12 prompts, 3 gateways)
+     python benchmarks/matrix.py --quick --gateways realtime --tasks 4    (its smoke run)
 
 For each gateway of the matrix (the simulator's models of SPEC §3.2 and §6) it runs, one after
 the other against a fresh simulator with the same settings and seed:
@@ -19,6 +21,22 @@ to the naive client's, client CPU seconds, duplicate tasks) with the targets eac
 and draws requests per second and tasks finished over time, per gateway and client (needs
 matplotlib: ``pip install -e '.[bench]'``; without it the picture is skipped).
 
+Every row but one runs the client and the simulator on one shared clock, ``--scale`` gateway
+seconds per real second, so that gateway minutes pass in seconds. Every absolute constant of
+the client (its 10 requests per clock second; its timeouts, windows and floors of 10 to 30 s)
+then scales with the gateway and keeps its proportion to the tick and to the tasks' durations,
+so those rows cannot tell a constant the client assumes from a quantity it has learned. The
+``realtime`` row breaks the proportion: the client runs in real time (the shared clock at
+scale 1, as a ``SystemClock`` reads) against a *compressed* gateway, also at scale 1 but with
+its refresh tick and upstream's working times divided by ``--compress`` (default 10: tick
+15 s -> 1.5 s, the 90 s and 150 s medians -> 9 s and 15 s), so that a batch of the matrix's
+size takes a minute or two of real time. Both clients run it alike (the naive one polling
+every third of the compressed tick); its period, and so its lag target, is the compressed
+tick, and its times (gateway seconds at scale 1) are real seconds. It is left out of
+``--quick`` (the 12-task quick batch, even compressed x100, takes a few real seconds per
+client, and a client held back by a real-time constant runs until it is killed); the test
+suite smoke-runs it on its own with 4 tasks.
+
 Targets (issue 10): wall <= naive + 5 %, <= 3 status GETs per task, detection lag p95 <= a
 third of the refresh period (the tick; for the sequential gateway the mean time between the
 starts of two passes, measured in the naive run).
@@ -27,6 +45,7 @@ starts of two passes, measured in the naive run).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import platform
@@ -50,7 +69,16 @@ from _harness import percentile, print_table, run_pair
 #: The request mix: 720P and 1080P 5 s videos (upstream medians 90 s and 150 s).
 MIX = [("1280*720", 5), ("1920*1080", 5)]
 QUICK_MIX = [("1280*720", 5)]
-GATEWAYS = ("tick15", "tick3", "sequential", "start-delay", "capacity", "ahead", "behind")
+GATEWAYS = (
+    "tick15",
+    "tick3",
+    "sequential",
+    "start-delay",
+    "capacity",
+    "ahead",
+    "behind",
+    "realtime",
+)
 QUICK_GATEWAYS = ("tick15", "sequential", "ahead")
 #: Targets of issue 10.
 WALL_TARGET = 1.05
@@ -71,6 +99,10 @@ class Gateway:
     options: dict[str, Any]
     #: Seconds the client's clock reads ahead of the gateway's (negative: behind).
     shift: float = 0.0
+    #: Gateway seconds per real second of the clock both share (``None``: ``--scale``).
+    scale: float | None = None
+    #: Upstream's working times are divided by this (``options`` carries the tick to match).
+    compress: float = 1.0
 
     @property
     def naive_interval(self) -> float:
@@ -180,6 +212,7 @@ def gateways(args: argparse.Namespace) -> list[Gateway]:
     common = {"slots": args.slots, "seed": args.seed, "processing_spread": args.spread}
     cut, back = round(0.25 * expected), round(0.6 * expected)
     low = max(1, args.slots // 4)
+    tick = 15.0 / args.compress  # the real-time row's
     busy, calm = 100, 300
     rows = [
         Gateway("tick15", "refresh every 15 s", {"tick": 15.0}),
@@ -206,22 +239,30 @@ def gateways(args: argparse.Namespace) -> list[Gateway]:
         ),
         Gateway("ahead", "client clock 7 s ahead", {"tick": 15.0}, shift=7.0),
         Gateway("behind", "client clock 7 s behind", {"tick": 15.0}, shift=-7.0),
+        Gateway(
+            "realtime",
+            f"real-time client, gateway compressed x{args.compress:g} (tick {tick:.3g} s)",
+            {"tick": tick},
+            scale=1.0,
+            compress=args.compress,
+        ),
     ]
     chosen = [g for g in rows if g.key in args.gateways]
-    return [Gateway(g.key, g.label, {**common, **g.options}, g.shift) for g in chosen]
+    return [dataclasses.replace(g, options={**common, **g.options}) for g in chosen]
 
 
 def run_row(gateway: Gateway, args: argparse.Namespace) -> Row:
     """The naive client, then wan_async, against two simulators configured alike."""
     params = {"tasks": args.tasks, "mix": args.mix}
+    scale = args.scale if gateway.scale is None else gateway.scale
     # The naive client's requests per real second at the start: kept under --max-rps, else
     # it is CPU-bound and polls late (its lag would be this machine's, not its schedule's).
-    naive_scale = min(args.scale, args.max_rps * gateway.naive_interval / args.tasks)
+    naive_scale = min(scale, args.max_rps * gateway.naive_interval / args.tasks)
     naive_run = _run(
         gateway, naive, {**params, "interval": gateway.naive_interval}, naive_scale, "naive"
     )
     cap = args.kill_at * naive_run.client["wall"]
-    ours = _run(gateway, wan_async_defaults, {**params, "cap": cap}, args.scale, "wan_async")
+    ours = _run(gateway, wan_async_defaults, {**params, "cap": cap}, scale, "wan_async")
     return Row(
         gateway=gateway,
         period=_period(gateway, naive_run),
@@ -237,6 +278,7 @@ def _run(gateway: Gateway, job: Any, params: dict[str, Any], scale: float, name:
         gateway=gateway.options,
         params=params,
         client_clock_shift=gateway.shift,
+        compress=gateway.compress,
         timeline=True,
     )
     run = Run(client=client, sim=sim, scale=scale, real_seconds=time.monotonic() - started)
@@ -394,7 +436,7 @@ def draw(rows: Sequence[Row], path: Path, title: str) -> bool:
     )
     for (rate_ax, done_ax), row in zip(axes, rows, strict=True):
         for name, run in row.runs.items():
-            s = series(run)
+            s = series(run, RATE_BUCKET / row.gateway.compress)
             color = COLORS[name]
             rate = [r if r > 0 else math.nan for r in s["rate"]]
             rate_ax.stairs(rate, s["rate_t"], color=color, label=name, linewidth=1.2)
@@ -430,6 +472,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--slots", type=int, help="upstream slots (default 20; quick 4)")
     parser.add_argument("--scale", type=float, help="gateway s per real s (default 40; quick 300)")
     parser.add_argument(
+        "--compress",
+        type=float,
+        help="the real-time row's gateway: tick and work times divided by this "
+        "(default 10; quick 100)",
+    )
+    parser.add_argument(
         "--max-rps",
         type=float,
         default=1500.0,
@@ -456,6 +504,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.tasks = args.tasks or (12 if quick else 120)
     args.slots = args.slots or (4 if quick else 20)
     args.scale = args.scale or (300.0 if quick else 40.0)
+    if args.compress is None:
+        args.compress = 100.0 if quick else 10.0
+    if not args.compress > 0:
+        parser.error(f"--compress must be positive, got {args.compress:g}")
     args.gateways = args.gateways or list(QUICK_GATEWAYS if quick else GATEWAYS)
     args.mix = QUICK_MIX if quick else MIX
     if args.no_plot:
@@ -472,6 +524,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"{args.tasks} prompts ({', '.join(f'{s} {d}s' for s, d in args.mix)}, spread "
         f"{args.spread:g}), {args.slots} upstream slots, time x{args.scale:g}, seed {args.seed}"
     )
+    if "realtime" in args.gateways:
+        setup += f" (real-time row: time x1, gateway compressed x{args.compress:g})"
     print(f"gateway matrix{' (quick)' if args.quick else ''}: {setup}; {machine}", flush=True)
     load = os.getloadavg()
     print(f"load average at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}\n", flush=True)
@@ -497,7 +551,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     if args.plot is not None:
         legend = (
-            f"left: submits and status GETs per second (per {RATE_BUCKET:g} gateway s); right: "
+            f"left: submits and status GETs per second (per {RATE_BUCKET:g} gateway s, over the "
+            "compression on a compressed row); right: "
             "tasks the client saw finish (solid), the gateway saw finish (dotted); x: killed"
         )
         draw(rows, args.plot, f"{setup}; {machine}\n{legend}")

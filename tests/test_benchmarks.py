@@ -1,4 +1,4 @@
-"""The benchmarks run: a smoke run of the gateway matrix (no timing, no targets checked)."""
+"""The benchmarks run: smoke runs of the gateway matrix (no timing, no targets checked)."""
 
 from __future__ import annotations
 
@@ -21,11 +21,10 @@ def table(output: str) -> tuple[list[str], list[list[str]]]:
     return header, rows
 
 
-def test_quick_matrix_prints_every_row(tmp_path: Path) -> None:
-    """``matrix.py --quick`` completes and prints a naive and a wan_async row per gateway."""
-    picture = tmp_path / "matrix.png"
+def matrix(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``benchmarks/matrix.py`` with ``args``; it must exit 0."""
     done = subprocess.run(
-        [sys.executable, "benchmarks/matrix.py", "--quick", "--plot", str(picture)],
+        [sys.executable, "benchmarks/matrix.py", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -33,6 +32,13 @@ def test_quick_matrix_prints_every_row(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_quick_matrix_prints_every_row(tmp_path: Path) -> None:
+    """``matrix.py --quick`` completes and prints a naive and a wan_async row per gateway."""
+    picture = tmp_path / "matrix.png"
+    done = matrix("--quick", "--plot", str(picture))
     header, rows = table(done.stdout)
     gateways = list(dict.fromkeys(row[0] for row in rows))
     assert len(gateways) == 3
@@ -47,3 +53,15 @@ def test_quick_matrix_prints_every_row(tmp_path: Path) -> None:
         assert "picture skipped: matplotlib is not installed" in done.stdout
     else:
         assert picture.read_bytes().startswith(b"\x89PNG")
+
+
+def test_realtime_row_prints_its_compressed_tick() -> None:
+    """The real-time row, run alone on 4 tasks, prints both clients with the compressed tick."""
+    done = matrix("--quick", "--gateways", "realtime", "--tasks", "4", "--no-plot")
+    header, rows = table(done.stdout)
+    label = "real-time client, gateway compressed x100 (tick 0.15 s)"
+    assert [(row[0], row[1]) for row in rows] == [(label, "naive"), (label, "wan_async")]
+    for row in rows:
+        assert len(row) == len(header), row
+        assert row[header.index("period s")] == "0.15", row
+        assert re.fullmatch(r"\d+/\d+(, \d+ open)?", row[3]), row

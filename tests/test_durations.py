@@ -24,11 +24,13 @@ def low_quantile(median: float, sigma: float = 0.3, q_z: float = 1.88) -> float:
     return median * math.exp(-q_z * sigma)
 
 
-def test_before_any_end_half_the_prior() -> None:
-    """Nothing seen yet: half the prior, never below 30 s (0.1.0's rule, kept for GET economy)."""
+def test_before_any_end_a_task_may_end_at_once() -> None:
+    """Nothing seen yet: no prior bounds the first check (0.1.0 planned it from half the
+    1080p prior, and a task the gateway had after 8 s was first checked after 75 s); a
+    shortest duration the user set holds."""
     model = DurationModel()
-    assert model.shortest(WAN26) == 75.0
-    assert model.shortest(("wan2.6-t2v", "832*480", 5)) == 30.0
+    assert model.shortest(WAN26) == 0.0
+    assert model.shortest(("wan2.6-t2v", "832*480", 5)) == 0.0
     assert DurationModel(PollPolicy(shortest_duration=12.0)).shortest(WAN26) == 12.0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -186,3 +187,30 @@ async def test_refused_submits_are_retried_by_the_next_run(
         again = await client.generate_many(requests, return_outcomes=True, journal=journal)
     assert all(o.ok for o in again)
     assert max(gateway.stats.tasks_per_prompt.values()) == 1
+
+
+async def test_a_resumed_batch_fills_free_slots_while_it_checks_old_tasks(
+    tmp_path: Path,
+) -> None:
+    """A rerun whose journal holds 40 tasks (finished upstream meanwhile) submits new items at
+    once, while the old ones are still being checked: an attached task no answer has come for
+    yet holds no place in the window (a rerun made no submit for 32 s while it re-checked 40
+    finished tasks)."""
+    journal = tmp_path / "batch.jsonl"
+    requests = batch(60)
+    async with FakeGateway(
+        clock=ScaledClock(300), slots=40, processing_time=fixed_processing(60.0)
+    ) as gw:
+        async with make_client(gw) as client:
+            async for _ in client.as_completed(requests, max_in_flight=40, journal=journal):
+                break  # stopped once all 40 are submitted and the first ended
+        assert gw.stats.tasks_created == 40
+        await gw.clock.sleep(120)  # the rest of the 40 end upstream meanwhile
+        gw.inject(Fault.SLOW, on="get", times=None, delay=2.0)  # checks answered slowly
+        async with make_client(gw) as client, anyio.create_task_group() as tg:
+            tg.start_soon(functools.partial(client.generate_many, requests, journal=journal))
+            await anyio.sleep(1.0)  # real seconds: no check has been answered yet
+            created = gw.stats.tasks_created
+            gw.clear_faults()
+            tg.cancel_scope.cancel()
+    assert created > 40

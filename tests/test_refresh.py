@@ -1,14 +1,16 @@
 """The refresh estimator: clock offset, period and per-task phase, learned from answers alone.
 
-The learning rules are checked one by one on hand-made samples, then together against a small
-deterministic model of the gateway's refresh loop (a sleep, then a sequential pass over the
-tasks) polled by a toy planner that asks where the estimator says. Times are model seconds.
+The learning rules are checked one by one on hand-made samples (among them the sequences a
+review replayed from an independent gateway), then together against a small deterministic
+model of the gateway's refresh loop (a sleep, then a sequential pass over the tasks) polled by a
+toy planner that asks when the estimator says. Times are model seconds.
 """
 
 from __future__ import annotations
 
 import bisect
 import heapq
+import itertools
 import math
 import random
 from collections.abc import Callable
@@ -19,9 +21,9 @@ import pytest
 from wan_async._refresh import (
     ClockOffset,
     Forecast,
+    PeriodEstimate,
     RefreshEstimator,
-    RefreshPeriod,
-    StampPosition,
+    single_period,
 )
 
 # -- the model -------------------------------------------------------------------------------
@@ -82,11 +84,10 @@ class Run:
     estimator: RefreshEstimator
     polls: int = 0
     stale: int = 0
-    probes: int = 0
     #: For each poll that saw a new refresh: how long after that refresh it was sent.
     lags: list[float] = attrs.Factory(list)
-    #: The period estimate after each answer.
-    periods: list[float] = attrs.Factory(list)
+    #: The period estimate after each answer (None while unknown).
+    periods: list[float | None] = attrs.Factory(list)
 
     def lag(self, q: float) -> float:
         ordered = sorted(self.lags)
@@ -101,34 +102,40 @@ class Run:
 def poll(
     loop: Loop,
     *,
-    hint: float,
+    hint: float | None,
     tasks: int = 10,
     until: float = 1000.0,
     offset: float = 0.0,
     every: int = 1,
     positions: bool = False,
-    probes: bool = True,
     latency: float = 0.02,
     seed: int = 0,
 ) -> Run:
-    """Submit ``tasks``, then check each at (nearly) every ``every``-th refresh as forecast.
+    """Submit ``tasks``, then check each at (nearly) every ``every``-th refresh, when the
+    estimator says (plans of None wait until its generation moves, as the poller's do).
 
     Args:
         offset: the client's clock minus the gateway's.
         positions: spread the tasks through the pass (else all at its start).
-        probes: send the early GETs the estimator asks for.
     """
     rng = random.Random(seed)
     run = Run(RefreshEstimator(hint=hint))
     est = run.estimator
     born: dict[int, tuple[float, float]] = {}
     heap: list[tuple[float, int]] = []
+    parked: set[int] = set()
+    generation = est.generation
     for i in range(tasks):
         created = 1000.0 + 0.37 * i  # gateway time
         born[i] = (rng.random() if positions else 0.0, created)
         sent = created + offset - latency
-        est.observe_submit(i, sent=sent, received=sent + 2 * latency, created=math.floor(created))
-        heapq.heappush(heap, (sent + 30.0, i))
+        received = sent + 2 * latency
+        est.observe_submit(i, sent=sent, received=received, created=math.floor(created))
+        when = est.ask_at(i, after=received, now=received)
+        if when is None:
+            parked.add(i)
+        else:
+            heapq.heappush(heap, (when, i))
     end = 1000.0 + offset + until
     while heap:
         sent, i = heapq.heappop(heap)
@@ -140,21 +147,25 @@ def poll(
         stamp = None if refresh is None else math.floor(refresh)
         previous = est._tasks[i].stamp
         run.polls += 1
-        if stamp is not None and stamp == previous:
+        if refresh is None or (stamp is not None and stamp == previous):
             run.stale += 1
         elif refresh is not None and previous is not None:
             run.lags.append(served - refresh)
         received = sent + 2 * latency
         est.observe(i, sent=sent, received=received, stamp=stamp)
-        run.periods.append(est.period)
-        after = received + (every - 1) * est.period
-        ask = est.next_refresh(i, after).ask_at
-        early = est.probe_at(i, after=after, now=received) if probes else None
-        if early is not None and early < ask:
-            run.probes += 1
-            heapq.heappush(heap, (max(early, received), i))
-        else:
-            heapq.heappush(heap, (max(ask, received), i))
+        run.periods.append(est.period if est.known else None)
+        planned = [i]
+        if est.generation != generation:
+            generation = est.generation
+            planned += sorted(parked)
+            parked.clear()
+        for task in planned:
+            after = received + (every - 1) * est.period if task == i else received
+            when = est.ask_at(task, after=after, now=received)
+            if when is None:
+                parked.add(task)
+            else:
+                heapq.heappush(heap, (when, task))
     return run
 
 
@@ -209,93 +220,93 @@ def test_the_offset_is_zero_until_anything_is_known() -> None:
 # -- the period, rule by rule ----------------------------------------------------------------
 
 
+def test_one_period_is_proven_by_a_stale_answer_past_half_the_gap() -> None:
+    """Stale 9 s after a refresh, the next 15 s later: two periods would take over 18 s."""
+    assert single_period(high=15.5, lower=9.0)
+    assert not single_period(high=18.5, lower=9.0)
+    assert not single_period(high=5.0, lower=0.0)
+
+
 def test_gaps_between_sparse_polls_never_inflate_the_period() -> None:
     """Gaps of 45, 60 and 75 s on a 15 s loop are multiples: the estimate stays at 15 s."""
-    period = RefreshPeriod(15.0)
-    at = 1000.0
+    period = PeriodEstimate(15.0)
     for gap in (45, 60, 75, 45, 60, 75, 45, 90):
-        at += gap
-        period.observe_gap(at=at, low=gap - 1, high=gap + 1)
+        period.observe_gap(low=gap - 1, high=gap + 1, value=gap, lower=0.0)
         assert period.period <= 15.0  # 0.1.0 planned with the smallest gap: 45 s
     assert not period.certified  # and it knows it does not know: it wants a probe
 
 
+def test_the_period_is_never_above_the_smallest_gap_seen() -> None:
+    """The sequence replayed from the independent gateway (a 3 s loop): a 15 s guess, a first
+    6 s gap, a 4 s gap, then one-period gaps. The old estimator sat at 5.1-5.8 s for half a
+    minute although it had itself seen a 4 s gap; a proven bound is a bound."""
+    period = PeriodEstimate(15.0)
+    period.observe_gap(low=5.0, high=7.0, value=6.0, lower=0.0)
+    assert period.period <= 7.0
+    period.observe_gap(low=3.0, high=5.0, value=4.0, lower=0.0)
+    assert period.period <= 5.0
+    period.observe_stale(2.0)  # a stale answer 2 s after a refresh: certified from here
+    for _ in range(12):
+        period.observe_gap(low=2.6, high=3.4, value=3.0, lower=1.8)
+        assert period.period <= 5.0
+    assert period.period == pytest.approx(3.0, abs=0.05)
+
+
 def test_a_stale_answer_certifies_a_gap_as_one_period() -> None:
     """A poll 9 s after a refresh that saw nothing new leaves only m = 1 for a 15 s gap."""
-    period = RefreshPeriod(40.0)
-    period.observe_stale(at=1009.0, lower=9.0)
-    assert period.observe_gap(at=1016.0, low=14.0, high=16.0, value=15.0, lower=9.0) == 1
+    period = PeriodEstimate(40.0)
+    period.observe_stale(9.0)
+    assert period.observe_gap(low=14.0, high=16.0, value=15.0, lower=9.0) == 1
     assert period.certified
     assert period.period == pytest.approx(15.0, abs=0.01)
 
 
 def test_a_hint_too_long_is_corrected_by_the_first_shorter_gap() -> None:
     """A 45 s hint on a 15 s loop: one 15 s gap is enough to plan with 15 s."""
-    period = RefreshPeriod(45.0)
-    period.observe_gap(at=1015.0, low=14.0, high=16.0, value=15.0)
-    assert period.period == pytest.approx(15.0, abs=0.01)
+    period = PeriodEstimate(45.0)
+    period.observe_gap(low=14.0, high=16.0, value=15.0, lower=0.0)
+    assert period.period <= 16.0
     assert not period.certified  # 15 s might still be 5 x 3 s: a probe will tell
 
 
 def test_a_hint_too_short_is_corrected_by_stale_answers() -> None:
     """A 3 s hint on a 15 s loop: answers that see nothing new for longer raise the period."""
-    period = RefreshPeriod(3.0)
-    period.observe_stale(at=1005.0, lower=5.0)
-    period.observe_stale(at=1011.0, lower=11.0)
-    assert period.period > 11.0
+    period = PeriodEstimate(3.0)
+    period.observe_stale(5.0)
+    period.observe_stale(11.0)
+    assert period.period >= 11.0
     assert period.certified  # nothing shorter than 11 s is left: no multiple of a shorter one
 
 
 def test_the_number_of_periods_in_a_gap_is_resolved_by_a_lower_bound() -> None:
     """Once the period is proven longer than 10 s, a 31 s gap is 2 periods, not 1 or 3."""
-    period = RefreshPeriod(15.0)
-    period.observe_stale(at=1000.0, lower=10.0)
-    period.observe_gap(at=1015.0, low=14.5, high=15.5, value=15.0)  # certified: 15 s
-    assert period.observe_gap(at=1050.0, low=30.0, high=32.0, value=31.0, lower=10.0) == 2
+    period = PeriodEstimate(15.0)
+    period.observe_stale(10.0)
+    period.observe_gap(low=14.5, high=15.5, value=15.0, lower=10.0)
+    assert period.observe_gap(low=30.0, high=32.0, value=31.0, lower=10.0) == 2
 
 
 def test_the_period_follows_a_drift() -> None:
-    """Certified samples growing from 15 to 40 s are followed, trend included."""
-    period = RefreshPeriod(15.0)
-    at, value = 1000.0, 15.0
+    """One-period samples growing from 15 to 40 s are followed within a few samples."""
+    period = PeriodEstimate(15.0)
+    value = 15.0
     while value < 40.0:
-        at += value
-        period.observe_stale(at=at - 1, lower=0.6 * value)
-        period.observe_gap(at=at, low=value - 0.2, high=value + 0.2, lower=0.6 * value)
+        period.observe_stale(0.6 * value)
+        period.observe_gap(low=value - 0.2, high=value + 0.2, value=value, lower=0.6 * value)
         value += 0.5
-    assert period.period == pytest.approx(40.0, abs=1.0)
+    assert period.period == pytest.approx(40.0, abs=4.0)
 
 
-# -- the shared position in the second -------------------------------------------------------
-
-
-def test_refreshes_that_agree_share_where_in_the_second_they_land() -> None:
-    """Three narrowed refreshes of the same second of the pass agree: others may use it."""
-    position = StampPosition()
-    assert position.window(1015, 15.0) is None
-    position.observe(lo=1000.5, hi=1001.0, stamp=1000, period=15.0)
-    position.observe(lo=1015.2, hi=1015.7, stamp=1015, period=15.0)
-    position.observe(lo=1030.55, hi=1030.9, stamp=1030, period=15.0)
-    window = position.window(1045, 15.0)
-    assert window is not None
-    assert 0.5 <= window[0] < 0.6 < window[1] <= 0.72
-
-
-def test_a_refresh_that_disagrees_withdraws_the_shared_position() -> None:
-    """Tasks of one second of the pass that land elsewhere: nothing is shared any more."""
-    position = StampPosition()
-    for stamp in (1000, 1015, 1030):
-        position.observe(lo=stamp + 0.5, hi=stamp + 0.7, stamp=stamp, period=15.0)
-    position.observe(lo=1045.1, hi=1045.3, stamp=1045, period=15.0)
-    assert position.window(1060, 15.0) is None
-
-
-def test_no_shared_position_when_the_period_is_not_whole_seconds() -> None:
-    """With a 15.4 s period, where in its second a refresh lands moves every pass."""
-    position = StampPosition()
-    for stamp in (1000, 1015, 1030, 1046):
-        position.observe(lo=stamp + 0.5, hi=stamp + 0.7, stamp=stamp, period=15.4)
-    assert position.window(1061, 15.4) is None
+def test_nothing_known_without_a_hint_until_a_gap() -> None:
+    """Without a hint the period is unknown (a proven lower bound) until a gap is seen."""
+    period = PeriodEstimate(None)
+    assert not period.known
+    period.observe_stale(4.0)
+    assert not period.known
+    assert period.period == 4.0
+    period.observe_gap(low=5.0, high=6.0, value=5.0, lower=4.0)
+    assert period.known
+    assert period.period == pytest.approx(5.0)
 
 
 # -- the estimator, answer by answer ---------------------------------------------------------
@@ -306,37 +317,46 @@ def test_a_not_start_answer_is_no_refresh() -> None:
     est = RefreshEstimator(hint=15.0)
     est.observe_submit("t", sent=1000.0, received=1000.1, created=1000)
     est.observe("t", sent=1010.0, received=1010.1, stamp=None)
-    assert est.loop.samples == 0
-    assert est.next_refresh("t", 1010.1).ask_at > 1010.0
+    assert est.loop._gaps == 0
+    assert est._tasks["t"].stamp is None
+
+
+def _known_loop(est: RefreshEstimator) -> None:
+    """Submits at varied fractions of a second pin the clock offset down (to zero)."""
+    for i in range(5):
+        created = 990.0 + 1.37 * i
+        est.observe_submit(i, sent=created - 0.02, received=created + 0.02, created=int(created))
 
 
 def test_after_a_stale_answer_the_late_refresh_is_expected_soon() -> None:
-    """A poll that came just before a refresh is followed up within a second, not a period."""
+    """A check that came just before a late refresh is followed up within a second; the
+    refresh it waits for is never skipped for the one a period later (which cost a period of
+    lag on the sequential gateway)."""
     est = RefreshEstimator(hint=15.0)
-    for i in range(5):  # submits at varied fractions of a second pin the clock offset down
-        created = 990.0 + 1.37 * i
-        est.observe_submit(i, sent=created - 0.02, received=created + 0.02, created=int(created))
+    _known_loop(est)
     for k in range(8):  # a 15 s loop refreshing at .6 past whole seconds, checked at .8
         est.observe("t", sent=1000.8 + 15 * k, received=1000.85 + 15 * k, stamp=1000 + 15 * k)
         est.observe("t", sent=1010.0 + 15 * k, received=1010.05 + 15 * k, stamp=1000 + 15 * k)
-    assert est.next_refresh("t", 1110.0).ask_at < 1121.8
-    est.observe("t", sent=1120.9, received=1120.95, stamp=1105)  # the refresh is late
-    ask = est.next_refresh("t", 1120.95).ask_at
-    assert 1120.9 < ask < 1122.0
+    forecast = est.forecast("t", 1110.0)
+    assert forecast is not None
+    assert forecast.high < 1121.8
+    est.observe("t", sent=1121.0, received=1121.05, stamp=1105)  # the refresh is late
+    late = est.forecast("t", 1121.05)
+    assert late is not None
+    assert 1121.0 < late.high < 1122.5
 
 
-def test_only_one_period_probe_is_out_at_a_time() -> None:
-    """While the period is uncertified, one task at a time is asked early to measure it."""
+def test_a_task_attached_by_id_is_placed_by_its_first_answer() -> None:
+    """A task never submitted by this client (resumed from a journal) has no lower bound on
+    its first refresh: it is placed on the loop by the answer alone (it crashed the check on
+    a NaN before), and then forecast a period on. Nothing was submitted: the clock offset is
+    unknown too."""
     est = RefreshEstimator(hint=15.0)
-    for task in ("a", "b"):
-        est.observe(task, sent=1000.9, received=1001.0, stamp=1000)
-    first = est.probe_at("a", after=1001.0, now=1001.0)
-    assert first is not None
-    assert 1001.0 < first < 1015.0
-    est._tokens = 0.0  # no phase probe either
-    assert est.probe_at("b", after=1001.0, now=1001.0) is None
-    est.observe("a", sent=first, received=first + 0.05, stamp=1000)  # stale: certified
-    assert est.certified
+    est.observe("first", sent=1000.8, received=1000.85, stamp=1000)
+    est.observe("attached", sent=1001.0, received=1001.05, stamp=1000)
+    forecast = est.forecast("attached", 1001.05)
+    assert forecast is not None
+    assert 1014.0 < forecast.expected < 1017.0
 
 
 def test_a_new_task_is_expected_where_the_newest_task_refreshes() -> None:
@@ -345,46 +365,81 @@ def test_a_new_task_is_expected_where_the_newest_task_refreshes() -> None:
     est.observe_submit("old", sent=990.0, received=990.05, created=990)
     est.observe("old", sent=1001.0, received=1001.05, stamp=1000)
     est.observe_submit("new", sent=1003.0, received=1003.05, created=1003)
-    forecast = est.next_refresh("new", 1003.05)
-    assert 1014.0 < forecast.at < 1017.0  # the next pass, not one a period later
-    assert forecast.ask_at < 1020.0
+    forecast = est.forecast("new", 1003.05)
+    assert forecast is not None
+    assert 1013.0 < forecast.middle < 1018.0  # the next pass, not one a period later
+    assert forecast.high < 1020.0
 
 
-def test_a_task_submitted_after_the_newest_refresh_waits_for_the_next_pass() -> None:
-    """Submitted well after the reference refreshed: the next pass, not the one already done."""
+def test_a_task_submitted_before_the_newest_refresh_may_be_in_its_pass() -> None:
+    """Submitted before the reference refreshed: the reference's own pass may have it."""
     est = RefreshEstimator(hint=15.0)
+    est.observe_submit("new", sent=995.0, received=995.05, created=995)
     est.observe_submit("old", sent=990.0, received=990.05, created=990)
     est.observe("old", sent=1001.0, received=1001.05, stamp=1000)
-    est.observe_submit("new", sent=1008.0, received=1008.05, created=1008)
-    forecast = est.next_refresh("new", 990.0)  # asked for anything after the submit
-    assert 1014.0 < forecast.at < 1017.0
+    forecast = est.forecast("new", 995.05)
+    assert forecast is not None
+    assert forecast.high <= 1001.05
 
 
-def test_forecast_asks_after_its_margin() -> None:
-    """A forecast's ask time is its expected time plus its margin."""
-    assert Forecast(at=10.0, margin=0.5).ask_at == 10.5
+def test_the_loop_is_searched_by_one_task_while_the_others_wait() -> None:
+    """Told nothing: one task asks at widening intervals, the others wait for what it finds."""
+    est = RefreshEstimator()
+    est.observe_submit("a", sent=1000.0, received=1000.01, created=1000)
+    est.observe_submit("b", sent=1000.0, received=1000.01, created=1000)
+    first = est.ask_at("a", after=1000.01, now=1000.01)
+    assert first is not None
+    assert first - 1000.0 < 0.1  # a few round trips, not a guess of 15 s
+    assert est.ask_at("b", after=1000.01, now=1000.01) is None
+    asks, now = [], 1000.01
+    for _ in range(6):
+        when = est.ask_at("a", after=now, now=now)
+        assert when is not None
+        est.observe("a", sent=when, received=when + 0.01, stamp=None)
+        asks.append(when - 1000.0)
+        now = when + 0.01
+    gaps = [b - a for a, b in itertools.pairwise(asks)]
+    assert gaps[-1] > gaps[0]  # widening
+
+
+def test_forecast_width_and_middle() -> None:
+    """A forecast's width and middle."""
+    forecast = Forecast(low=10.0, high=11.0, expected=10.9)
+    assert forecast.width == 1.0
+    assert forecast.middle == 10.5
 
 
 # -- the estimator against the loop model ----------------------------------------------------
 
 
-def test_a_15s_loop_is_learned_with_small_margins() -> None:
+def test_a_15s_loop_is_learned_with_small_lags() -> None:
     """Hint right: checks land well under a second after each refresh, few answers stale."""
     run = poll(Loop(sleep=constant(15.0)), hint=15.0)
     assert run.estimator.period == pytest.approx(15.0, abs=0.05)
-    assert run.estimator.certified
-    assert run.lag(0.5) <= 0.3  # 0.1.0: 1.6 s (a fixed 1.5 s margin after whole seconds)
-    assert run.lag(0.9) <= 0.5
-    assert run.wasted <= 0.05
+    # Fresh answers only bound a refresh from above, so checks drift late within the stamp's
+    # second until a stale answer bounds it from below: about half a second (P / 30).
+    assert run.lag(0.5) <= 15.0 / 25  # 0.1.0: 1.6 s (a fixed 1.5 s margin after whole seconds)
+    assert run.lag(0.95) <= 15.0 / 4
+    assert run.wasted <= 0.1
+
+
+@pytest.mark.parametrize("tick", [1.0, 2.0, 3.0, 15.0, 40.0])
+def test_a_loop_is_found_from_scratch(tick: float) -> None:
+    """Told nothing, loops of 1 to 40 s are found within a few periods and a few dozen GETs,
+    and checks then land within a fifth of a period of each refresh."""
+    run = poll(Loop(sleep=constant(tick)), hint=None, until=30 * tick)
+    assert run.estimator.known
+    assert run.estimator.period == pytest.approx(tick, rel=0.02)
+    learned = run.lags[len(run.lags) // 3 :]
+    assert sorted(learned)[int(0.95 * len(learned))] <= tick / 4
+    assert run.wasted <= 0.5
 
 
 def test_sparse_checks_at_multiples_of_the_period_do_not_inflate_it() -> None:
     """Checking every third refresh of a 15 s loop: the estimate never climbs to 45 s."""
     run = poll(Loop(sleep=constant(15.0)), hint=15.0, every=3)
-    assert max(run.periods) <= 16.0  # 0.1.0 drifted to 45-225 s
+    assert max(p for p in run.periods if p is not None) <= 16.0  # 0.1.0 drifted to 45-225 s
     assert run.estimator.period == pytest.approx(15.0, abs=0.1)
-    # And the checks land just after the refresh they are for (no early one that can only see
-    # a refresh in between).
     assert run.lag(0.9) <= 1.0
 
 
@@ -400,43 +455,31 @@ def test_a_45s_hint_on_a_15s_loop_is_corrected() -> None:
     """The hint is not a ceiling either: 45 s on a 15 s loop becomes 15 s."""
     run = poll(Loop(sleep=constant(15.0)), hint=45.0)
     assert run.estimator.period == pytest.approx(15.0, abs=0.05)
-    assert run.lag(0.5) <= 0.3
-
-
-def test_without_probes_a_shorter_loop_is_not_certified() -> None:
-    """Checks every 15 s of a 3 s loop alone cannot tell: the estimate says it is unsure."""
-    run = poll(Loop(sleep=constant(3.0)), hint=15.0, until=300.0, probes=False)
-    assert not run.estimator.certified
+    assert run.lag(0.5) <= 15.0 / 20
+    assert run.lag(0.95) <= 15.0 / 6
 
 
 @pytest.mark.parametrize("offset", [7.0, -7.0])
 def test_a_clock_off_by_seconds_changes_nothing(offset: float) -> None:
     """A client clock 7 s ahead or behind: offset learned, checks as prompt as with none."""
-    run = poll(Loop(sleep=constant(15.0)), hint=15.0, offset=offset)
+    run = poll(Loop(sleep=constant(15.0)), hint=None, offset=offset)
     low, high = run.estimator.clock.bounds
     assert low < offset <= high
     assert run.estimator.offset == pytest.approx(offset, abs=0.5)
-    assert run.lag(0.5) <= 0.3  # 0.1.0 with a clock 7 s ahead: 9.1 s
-
-
-def test_the_sub_second_phase_is_learned() -> None:
-    """Refreshes at .6 s past whole-second stamps: checks land within a few tenths of them."""
-    run = poll(Loop(sleep=constant(15.0), start=1000.6), hint=15.0, tasks=20, until=900.0)
-    late = run.lags[len(run.lags) // 2 :]  # once learned
-    assert sorted(late)[len(late) // 2] <= 0.25  # whole seconds alone: 0.4 s and the margin
-    assert run.wasted <= 0.05
+    assert run.lag(0.5) <= 15.0 / 25  # 0.1.0 with a clock 7 s ahead: 9.1 s
 
 
 def test_tasks_at_different_places_in_a_growing_pass() -> None:
-    """A sequential pass grows from 0 to 25 s: the period goes 15 -> 40 s and is followed."""
+    """A sequential pass grows from 0 to 25 s: the period goes 15 -> 40 s and is followed.
+    Every refresh comes later than the last one did, so about one check in two is early."""
     loop = Loop(
         sleep=constant(15.0), passes=ramp(0.0, 25.0, begin=1100.0, over=600.0), start=1000.6
     )
     run = poll(loop, hint=15.0, tasks=20, until=1500.0, positions=True)
-    assert run.estimator.period == pytest.approx(40.0, abs=0.5)
+    assert run.estimator.period == pytest.approx(40.0, abs=1.0)
     assert run.lag(0.5) <= 1.0
-    assert run.lag(0.9) <= 3.0
-    assert run.wasted <= 0.2
+    assert run.lag(0.9) <= 15.0 / 3
+    assert run.wasted <= 1.0
 
 
 def test_tasks_at_different_places_in_a_shrinking_pass() -> None:
@@ -446,20 +489,6 @@ def test_tasks_at_different_places_in_a_shrinking_pass() -> None:
     )
     run = poll(loop, hint=15.0, tasks=20, until=1500.0, positions=True)
     assert run.estimator.period == pytest.approx(15.0, abs=0.5)
-    assert run.lag(0.5) <= 0.5
-    assert run.lag(0.9) <= 3.0
-    assert run.wasted <= 0.1
-
-
-def test_a_trend_is_followed_for_a_couple_of_periods_only() -> None:
-    """A pass that grew for a while is not extrapolated to grow forever (it once read 78 s)."""
-    loop = RefreshPeriod(15.0)
-    at = 0.0
-    for k in range(12):
-        gap = 20.0 + k  # the pass grows by a second per refresh
-        at += gap
-        loop.observe_stale(at=at, lower=0.6 * gap)
-        loop.observe_gap(at=at, low=gap - 0.5, high=gap + 0.5, lower=0.6 * gap)
-    now = loop.expected(at)
-    assert now > 28.0  # the trend is followed...
-    assert loop.expected(at + 1000.0) <= now + 2 * now * 0.1 + 1.0  # ...but not for 1000 s
+    assert run.lag(0.5) <= 15.0 / 10
+    assert run.lag(0.9) <= 15.0 / 3
+    assert run.wasted <= 0.5

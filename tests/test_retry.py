@@ -111,15 +111,32 @@ async def test_no_retry_past_the_callers_deadline(gateway: FakeGateway) -> None:
             await client.get_task(created.task_id)
 
 
-async def test_429_on_submit_slows_the_whole_client(gateway: FakeGateway) -> None:
-    """A 429 anywhere is seen by the shared budget."""
+async def test_which_429_on_a_submit_the_budget_counts(gateway: FakeGateway) -> None:
+    """A proxy's 429 (with Retry-After) counts towards the share of limited answers that
+    slows every request; the gateway's task-shaped 429 without one says upstream is
+    saturated: the submit is retried, the request budget is left alone."""
+    gateway.inject(Fault.RATE_LIMIT_RETRY_AFTER, on="submit", times=2, retry_after=0)
     gateway.inject(Fault.RATE_LIMIT, on="submit", times=2)
-    async with make_client(
-        gateway, retry=RetryPolicy.no_wait(), max_requests_per_second=50.0
-    ) as client:
+    async with make_client(gateway, retry=RetryPolicy.no_wait(attempts=6)) as client:
         await client.create_task(REQUEST)
         assert client.stats.rate.throttles == 2
-        assert client.stats.rate.lowest_rate <= 25.0
+    assert gateway.stats.tasks_created == 1
+
+
+async def test_a_rate_limiters_429s_have_their_own_count_of_tries(
+    gateway: FakeGateway,
+) -> None:
+    """Eight 429s in a row on a submit (a limiter at its limit) are tried through, although
+    five tries are allowed for failures: a 429 says "slower", not "failed" (a batch under a
+    per-key limiter lost items to RateLimitedError before). One try means no retry at all."""
+    gateway.inject(Fault.RATE_LIMIT_RETRY_AFTER, on="submit", times=8, retry_after=0)
+    async with make_client(gateway, retry=RetryPolicy.no_wait(attempts=5)) as client:
+        await client.create_task(REQUEST)
+    assert gateway.stats.tasks_created == 1
+    gateway.inject(Fault.RATE_LIMIT_RETRY_AFTER, on="submit", times=1, retry_after=0)
+    async with make_client(gateway, retry=RetryPolicy.no_wait(attempts=1)) as client:
+        with pytest.raises(RateLimitedError):
+            await client.create_task(REQUEST)
 
 
 async def test_connection_refused_submit_is_retried(gateway: FakeGateway) -> None:

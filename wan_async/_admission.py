@@ -1,9 +1,11 @@
 """When a batch item may be sent: a hard cap on the batch's items in flight, and a window.
 
 The cap (``max_in_flight``) bounds the batch's own items that are submitted or being
-submitted and not yet ended. The window, when the batch has one, bounds the client's
-outstanding tasks plus the batch's submits under way by a limit that adapts to what upstream
-is seen to do (see :meth:`~wan_async._poller.Poller.window`).
+submitted and not yet ended. The window, when the batch has one, bounds the client's tasks
+in flight (:meth:`~wan_async._poller.Poller.in_flight`: outstanding, but for resumed tasks not
+answered about yet and tasks likely ended whose check is overdue) plus the batch's submits
+under way by a limit that adapts to what upstream is seen to do (see
+:meth:`~wan_async._poller.Poller.window`).
 
 Whatever frees room wakes the waiting feeder: an item that ends (including a submit that
 failed, which never becomes an outstanding task), and any change the poller reports.
@@ -22,7 +24,7 @@ class Admission:
     Args:
         cap: the batch's items in flight at most.
         limit: the adaptive window, or ``None`` for the cap alone.
-        outstanding: the client's outstanding tasks now (for the window).
+        outstanding: the client's tasks in flight now (for the window).
     """
 
     def __init__(

@@ -26,8 +26,10 @@ from ._clock import Clock, SystemClock
 from ._config import Timeouts, resolve_api_key, resolve_base_url
 from ._download import download
 from ._exceptions import (
+    APIError,
     ClientClosedError,
     DecodeError,
+    RateLimitedError,
     SubmitOutcomeUnknown,
     WanError,
 )
@@ -87,8 +89,9 @@ class WanClient:
         allow_insecure_http: permit plain ``http://`` to a host that is not loopback.
         max_concurrent_submits: submits in flight at once.
         max_in_flight: default for batches: tasks submitted and not yet ended at once.
-        max_requests_per_second: the budget shared by submits and polls, per clock second
-            (``None``: unlimited until the gateway answers 429).
+        max_requests_per_second: a hard cap on requests per clock second, submits and polls
+            together (status checks keep half of it). By default there is none: the gateway's
+            rate-limiter 429s, when they grow common, set the rate.
         poll_policy: how the shared poller spends its requests.
         retry: how failed requests are retried (a submit only when certainly not created).
         max_concurrent_downloads: video downloads in flight at once (apart from submits and polls).
@@ -108,7 +111,7 @@ class WanClient:
         allow_insecure_http: bool = False,
         max_concurrent_submits: int = 8,
         max_in_flight: int = 500,
-        max_requests_per_second: float | None = 10.0,
+        max_requests_per_second: float | None = None,
         poll_policy: PollPolicy = PollPolicy(),  # noqa: B008 - frozen
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen
         max_concurrent_downloads: int = 4,
@@ -125,11 +128,7 @@ class WanClient:
             timeouts=timeouts,
             session=session,
         )
-        self._budget = RateBudget(
-            rate=max_requests_per_second,
-            burst=max(1, int(max_requests_per_second or 1)),
-            clock=self.clock,
-        )
+        self._budget = RateBudget(cap=max_requests_per_second, clock=self.clock)
         self._submit_slots = anyio.Semaphore(max_concurrent_submits)
         if max_concurrent_downloads < 1:
             msg = "max_concurrent_downloads must be at least 1"
@@ -287,13 +286,13 @@ class WanClient:
     ) -> TaskHandle:
         self._running()
         async with self._submit_slots:
-            created, sent_at = await self._create(request, hooks)
+            created, _, sent_mono = await self._create(request, hooks)
         # No checkpoint since the answer came: the new task is tracked before any cancellation
         # can be delivered.
         handle = TaskHandle(created.task_id, request=request, clock=self.clock)
         key = duration_key(request.model, request.size, request.duration)
         created_at = created.created_at.timestamp() if created.created_at else None
-        self._poller.track(handle, key=key, submitted=(sent_at, created_at))
+        self._poller.track(handle, key=key, submitted=(sent_mono, created_at))
         return handle
 
     async def generate(self, request: VideoRequest, *, timeout: float | None = None) -> VideoResult:
@@ -385,7 +384,7 @@ class WanClient:
         admission = Admission(
             cap=max_in_flight or self.max_in_flight,
             limit=None if max_in_flight else poller.window,
-            outstanding=lambda: poller.stats.outstanding,
+            outstanding=poller.in_flight,
         )
         batch = Batch(
             items,
@@ -526,28 +525,31 @@ class WanClient:
                 exist and be billed. Never retried; its ``cause`` is the transport or API error.
             WanError: any other failure, in which case no task was created.
         """
-        created, _ = await self._create(request, None)
+        created, _, _ = await self._create(request, None)
         return created
 
     async def _create(
         self, request: VideoRequest, hooks: SubmitHooks | None
-    ) -> tuple[TaskCreated, float]:
-        """Submit with retries; the created task, and when its (last) request was sent."""
+    ) -> tuple[TaskCreated, float, float]:
+        """Submit with retries; the created task, and when its (last) request was sent (Unix
+        time, and the clock's monotonic reading)."""
         self._check_open()
         if not isinstance(request, VideoRequest):
             msg = f"create_task() takes a VideoRequest, got {type(request).__name__}"
             raise TypeError(msg)
         body = request_to_wire(request)
         sent_at = self.clock.time()
+        sent_mono = self.clock.monotonic()
 
         async def once() -> TaskCreated:
-            nonlocal sent_at
+            nonlocal sent_at, sent_mono
             if hooks is not None:
                 hooks.may_send()
             # The last point where cancellation may stop the submit: nothing is sent yet.
             await anyio.lowlevel.checkpoint()
             with anyio.CancelScope(shield=True):
                 sent_at = self.clock.time()
+                sent_mono = self.clock.monotonic()
                 if hooks is not None:
                     await hooks.sending(sent_at)
                 try:
@@ -568,13 +570,13 @@ class WanClient:
                     request=request, submitted_at=sent_at, cause=exc
                 ) from exc
             raise
-        return created, sent_at
+        return created, sent_at, sent_mono
 
     async def _post(self, body: object) -> TaskCreated:
         """One submit request (the caller shields it), counted while it may be on the wire."""
         self._on_wire += 1
         try:
-            answer = await self._transport.request("POST", SUBMIT_PATH, body=body)
+            answer = await self._answered(self._transport.request("POST", SUBMIT_PATH, body=body))
             return _decoded(answer, SUBMIT_PATH, "POST", created_from_wire)
         finally:
             self._submits += 1
@@ -650,8 +652,35 @@ class WanClient:
             msg = f"task_id must be a non-empty string, got {task_id!r}"
             raise ValueError(msg)
         path = f"{SUBMIT_PATH}/{quote(task_id, safe='')}"
-        answer = await self._transport.request("GET", path)
+        answer = await self._answered(self._transport.request("GET", path))
         return _decoded(answer, path, "GET", snapshot_from_wire)
+
+    async def _answered(self, request: Awaitable[Answer]) -> Answer:
+        """Run one request and tell the budget and the window what its answer says.
+
+        A rate limiter's 429 (the middleware's, a proxy's, any with ``Retry-After``, any on a
+        status check) counts towards the share of limited answers that slows every request.
+        The gateway's own task-shaped 429 on a submit (``fail_to_fetch_task``) says upstream
+        is saturated, not that requests come too fast: it stops the window growing instead.
+        A request that got no answer at all tells neither.
+        """
+        try:
+            answer = await request
+        except RateLimitedError as exc:
+            saturated = (
+                exc.method == "POST"
+                and exc.code == "fail_to_fetch_task"
+                and exc.retry_after is None
+            )
+            if saturated:
+                self._poller.saturated()
+            self._budget.answered(limited=not saturated)
+            raise
+        except APIError:
+            self._budget.answered(limited=False)
+            raise
+        self._budget.answered(limited=False)
+        return answer
 
     async def _with_retries(
         self, call: Callable[[], Awaitable[_T]], *, submit: bool, what: str
@@ -662,8 +691,7 @@ class WanClient:
             clock=self.clock,
             rng=self._rng,
             submit=submit,
-            before_attempt=self._budget.acquire,
-            on_rate_limited=self._budget.throttled,
+            before_attempt=lambda: self._budget.acquire("submit" if submit else "poll"),
             what=what,
         )
 

@@ -100,7 +100,6 @@ async def download(
             submit=False,
             # The gateway's budget counts requests to the gateway; the storage host is another.
             before_attempt=_no_budget,
-            on_rate_limited=_ignore,
             what=what,
         )
 
@@ -330,8 +329,4 @@ def _exists(path: Path) -> FileExistsError:
 
 
 async def _no_budget() -> None:
-    return None
-
-
-def _ignore() -> None:
     return None

@@ -31,12 +31,10 @@ _DEFAULT_SIZE = "1920*1080"
 _DEFAULT_DURATION = 5
 #: SPEC §6: 153 s of work for a 1080p 5 s video; 1-5 minutes overall.
 _PRIOR_1080P_5S = 150.0
-#: Before anything has been seen to end: this fraction of the prior, never below 30 s (half of
-#: SPEC §6's one minute). Polling earlier would cost GETs on every task of a large first batch.
-_BLIND_SPREAD = 0.5
-_BLIND_FLOOR = 30.0
-#: How far the mean log-ratio of the whole service may be from the prior (a normal sd).
-_SERVICE_SD = 0.4
+#: How far the mean log-ratio of the whole service may be from the prior: anywhere. The prior
+#: says how kinds compare (a 10 s video takes about twice a 5 s one), never how long the
+#: service takes: that is the gateway's to decide, and is learned from the first end.
+_SERVICE_SD = math.inf
 #: How far one model may be from the service (log 5 = 1.6 is four of these: a model five times
 #: faster than its prior is unusual but not implausible, and it is believed after one end).
 _MODEL_SD = 0.6
@@ -184,7 +182,10 @@ class DurationModel:
 
     def _moved(self, key: DurationKey | None) -> bool:
         now = self.shortest(key) / prior_median(key)
-        if abs(math.log(now / self._reported[key])) <= self._replan:
+        before = self._reported[key]
+        if now == before or (
+            before > 0 and now > 0 and abs(math.log(now / before)) <= self._replan
+        ):
             return False
         self._reported[key] = now
         return True
@@ -197,9 +198,8 @@ class DurationModel:
     def shortest(self, key: DurationKey | None) -> float:
         """Seconds of work a task of this kind is unlikely to undercut (a low quantile)."""
         if self._seen == 0:
-            if self._blind is not None:
-                return self._blind
-            return max(_BLIND_FLOOR, prior_median(key) * _BLIND_SPREAD)
+            # Nothing seen: a task may end at any time (unless the user said otherwise).
+            return self._blind if self._blind is not None else 0.0
         mean, var = self._estimate(key)
         return prior_median(key) * math.exp(mean - _LOW_Z * math.sqrt(var + self.within_var))
 

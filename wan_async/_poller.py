@@ -1,20 +1,24 @@
 """The one shared poller: a single coroutine that checks every outstanding task of a client.
 
-Tasks wait in a heap ordered by the time of their next check (see :mod:`wan_async._schedule`
-for how that time is chosen). The poller sleeps until the earliest one is due or a new task
-arrives, draws one request from the client's shared :class:`~wan_async._ratelimit.RateBudget`,
-and hands the most promising due task to one of a few GET workers. A worker's answer updates
-the task's handle, resolves it when the task has ended, or puts it back in the heap.
+Tasks wait in a heap ordered by the time of their next check. The poller sleeps until the
+earliest one is due or a new task arrives, takes a GET slot (``max_concurrent_polls``: a stalled
+answer holds only its own), draws one request from the client's
+:class:`~wan_async._ratelimit.RateBudget` (status checks have their own share of it), and sends
+the most promising due task's GET in a task of its own. The answer updates the task's handle,
+resolves it when the task has ended, or plans its next check.
 
-Every answer is also evidence for three estimators, which the schedule and the batches' window
-read: the gateway's refresh loop and the clock offset
+When to check (see :mod:`wan_async._schedule`): at the first refresh of the gateway at which
+the task may have ended, then at every refresh; with few tasks outstanding (status GETs are cheap
+then) at every refresh from the submit on. Every answer is also evidence for three estimators,
+which the plans and the batches' window read: the gateway's refresh loop and the clock offset
 (:class:`~wan_async._refresh.RefreshEstimator`), how long work takes
 (:class:`~wan_async._durations.DurationModel`) and how many tasks upstream runs for us
-(:class:`~wan_async._window.WindowEstimator`). Nothing is assumed that they can learn:
-``PollPolicy.refresh_period`` is only their first guess.
+(:class:`~wan_async._window.WindowEstimator`). Nothing is assumed that they can learn: a plan
+that needs the loop while nothing is known of it waits (*parked*) while one task finds it.
 
-The heap is in the client's own clock (``Clock.time()``); times stamped by the gateway or
-upstream are moved into it with the learned offset.
+The heap is in the client's monotonic clock (``Clock.monotonic()``), so a step of the wall clock
+never freezes or rushes the schedule; times stamped by the gateway or upstream are moved into it
+with the learned offset.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import logging
+import math
 import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator
@@ -29,7 +34,6 @@ from collections.abc import Awaitable, Callable, Iterator
 import anyio
 import attrs
 from anyio.abc import TaskStatus as AnyioTaskStatus
-from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ._clock import Clock
 from ._durations import DurationKey, DurationModel
@@ -49,7 +53,7 @@ from ._handle import TaskHandle
 from ._models import TaskSnapshot, TaskStatus, VideoResult
 from ._ratelimit import RateBudget
 from ._refresh import RefreshEstimator
-from ._schedule import PollPolicy, earliest_end, next_check
+from ._schedule import PollPolicy, earliest_end
 from ._window import WindowEstimator
 
 logger = logging.getLogger("wan_async")
@@ -63,14 +67,16 @@ StatusListener = Callable[[TaskHandle, TaskSnapshot], None]
 
 @attrs.define(slots=True, eq=False)
 class Watch:
-    """The poller's private record of one outstanding task (times in the client's clock
-    unless said otherwise)."""
+    """The poller's private record of one outstanding task (times in the client's monotonic
+    clock unless said otherwise)."""
 
     handle: TaskHandle
     key: DurationKey | None
     next_at: float
     #: When the submit was sent (for a task attached by id: its submit_time, once seen).
     submitted_at: float | None = None
+    #: When the latest answer about it came back (the submit's, at first).
+    seen_at: float = -math.inf
     #: Gateway time (``updated_at``) of the latest refresh seen.
     refreshed_at: float | None = None
     #: Gateway time: the earliest the task can have started, once seen running.
@@ -83,13 +89,14 @@ class Watch:
 
 @attrs.frozen(kw_only=True)
 class PollerStats:
-    """What the poller has done so far."""
+    """What the poller has done so far, and what it has learned of the gateway."""
 
     outstanding: int
     polls: int
     poll_errors: int
     rate_limited: int
-    refresh_period: float
+    #: The gateway's refresh period as learned (None until known).
+    refresh_period: float | None
 
 
 class Poller:
@@ -111,7 +118,8 @@ class Poller:
         self._rng = rng or random.Random()
         self._durations = DurationModel(policy)
         self._refresh = RefreshEstimator(hint=policy.refresh_period)
-        self._window = WindowEstimator(initial=_INITIAL_WINDOW)
+        self._generation = self._refresh.generation
+        self._window = WindowEstimator(initial=_INITIAL_WINDOW, period=self._known_period)
         self._window_limit = self._window.limit
         self._window_users = 0
         #: (next check, sequence, watch), earliest first; entries whose time no longer matches
@@ -119,11 +127,16 @@ class Poller:
         self._heap: list[tuple[float, int, Watch]] = []
         #: Tasks already due: (order, due, sequence, watch), see _ready_key().
         self._ready: list[tuple[float, float, int, Watch]] = []
+        #: Tasks whose plan waits for the refresh loop to be found.
+        self._parked: dict[str, Watch] = {}
         self._watches: dict[str, Watch] = {}
+        #: Tasks attached by id and not answered about yet (resumed ones, mostly finished).
+        self._unanswered: set[str] = set()
         #: Handles of recently ended tasks, oldest first: attaching to one costs no request.
         self._ended: OrderedDict[str, TaskHandle] = OrderedDict()
         self._seq = 0
         self._wakeup = anyio.Event()
+        self._slots = anyio.Semaphore(policy.max_concurrent_polls)
         self._change_callbacks: list[Callable[[], None]] = []
         self._listeners: list[StatusListener] = []
         self._closed = False
@@ -141,7 +154,7 @@ class Poller:
             polls=self._polls,
             poll_errors=self._poll_errors,
             rate_limited=self._rate_limited,
-            refresh_period=self._refresh.period,
+            refresh_period=self._refresh.period if self._refresh.known else None,
         )
 
     def get(self, task_id: str) -> TaskHandle | None:
@@ -171,34 +184,32 @@ class Poller:
 
         Args:
             key: the kind of task, for what is learned of durations.
-            submitted: for a task just submitted, when its submit was sent (client clock)
-                and the gateway's ``created_at`` (Unix seconds), if it said.
+            submitted: for a task just submitted, when its submit was sent (the client's
+                monotonic clock) and the gateway's ``created_at`` (Unix seconds), if it said.
 
-        A submitted task is first checked when it could possibly have ended (or right after
-        its first refresh, while the window is still finding upstream's capacity); an attached
-        one at once, since nothing is known about it.
+        A submitted task is first checked at the first refresh at which it may have ended
+        (with few tasks outstanding, or while a batch's window is finding upstream's capacity:
+        at its first refresh); an attached one at once, since nothing is known about it.
         """
         if self._closed:
             handle._fail(ClientClosedError(_CLOSED))
             return
         task_id = handle.task_id
-        now = self._clock.time()
+        now = self._clock.monotonic()
         watch = Watch(handle=handle, key=key, next_at=now)
-        if submitted is not None:
-            sent, created = submitted
-            watch.submitted_at = sent
-            self._refresh.observe_submit(task_id, sent=sent, received=now, created=created)
-            self._window.submitted(task_id, at=sent - self._refresh.offset)
-            self._window_moved()
-            if self._window.eager and self._window_users:
-                # A batch's window is still finding upstream's capacity: whether this task
-                # started at its first refresh tells it how far to grow.
-                watch.next_at = self._refresh.next_refresh(task_id, now).ask_at
-            else:
-                watch.next_at = self._plan(watch, TaskStatus.NOT_START, now)
         handle._watch = watch
         self._watches[task_id] = watch
-        self._push(watch)
+        if submitted is None:
+            self._unanswered.add(task_id)
+            self._push(watch)
+            return
+        sent, created = submitted
+        watch.submitted_at = sent
+        watch.seen_at = now
+        self._refresh.observe_submit(task_id, sent=sent, received=now, created=created)
+        self._window.submitted(task_id, at=sent - self._refresh.offset)
+        self._window_moved()
+        self._schedule(watch, self._plan(watch, TaskStatus.NOT_START, now))
 
     @contextlib.contextmanager
     def using_window(self) -> Iterator[None]:
@@ -218,6 +229,33 @@ class Poller:
         status checks, one too few leaves a slot idle.
         """
         return self._window.limit
+
+    def in_flight(self) -> int:
+        """Outstanding tasks that hold a place in the window.
+
+        Not counted: tasks attached by id and not answered about yet (a resumed batch's,
+        mostly finished: the free slots are filled while they are checked), and tasks whose
+        check is overdue (the request budget holds it back) although they have been running
+        for longer than such tasks usually take (their slot upstream is likely free).
+        """
+        count = len(self._watches) - len(self._unanswered)
+        if not self._ready:
+            return count
+        now = self._clock.monotonic()
+        offset = self._refresh.offset
+        for _, _, _, watch in self._ready:
+            started = watch.started_at
+            if watch.active and started is not None:
+                count -= started + offset + self._durations.median(watch.key) <= now
+        return count
+
+    def saturated(self) -> None:
+        """A submit was refused because upstream is saturated: the window stops growing."""
+        self._window.saturated()
+        self._window_moved()
+
+    def _known_period(self) -> float:
+        return self._refresh.period if self._refresh.known else 0.0
 
     def _window_moved(self) -> None:
         """Tell the batches when the window grew: a batch may send more now."""
@@ -248,6 +286,7 @@ class Poller:
         watches, self._watches = self._watches, {}
         self._heap.clear()
         self._ready.clear()
+        self._parked.clear()
         for watch in watches.values():
             watch.active = False
             watch.handle._resolve(None, error or ClientClosedError(_CLOSED))
@@ -255,21 +294,36 @@ class Poller:
         self._notify()
 
     async def run(self, *, task_status: AnyioTaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """The poller coroutine: runs until cancelled, with a few GET workers beside it."""
-        send, receive = anyio.create_memory_object_stream[Watch](0)
-        async with anyio.create_task_group() as workers, send:
-            for _ in range(self._policy.max_concurrent_polls):
-                workers.start_soon(self._worker, receive.clone())
-            receive.close()
+        """The poller coroutine: runs until cancelled, each GET in a task of its own."""
+        async with anyio.create_task_group() as checks:
             task_status.started()
             while True:
                 await self._wait_until_due()
-                await self._budget.acquire()
-                watch = self._pop_best_due()
-                if watch is not None:
-                    await send.send(watch)
+                await self._slots.acquire()
+                try:
+                    await self._budget.acquire("poll")
+                    watch = self._pop_best_due()
+                except BaseException:
+                    self._slots.release()
+                    raise
+                if watch is None:
+                    self._slots.release()
+                else:
+                    checks.start_soon(self._checked, watch)
 
     # -- the schedule -------------------------------------------------------------------
+
+    def _schedule(self, watch: Watch, when: float | None) -> None:
+        """Check ``watch`` at ``when``; or, for None, once the refresh loop is known."""
+        if not watch.active:
+            return
+        if when is None:
+            watch.next_at = math.inf
+            self._parked[watch.handle.task_id] = watch
+            return
+        self._parked.pop(watch.handle.task_id, None)
+        watch.next_at = when
+        self._push(watch)
 
     def _push(self, watch: Watch) -> None:
         self._seq += 1
@@ -283,7 +337,7 @@ class Poller:
 
     def _collect_due(self) -> None:
         """Move every task due now from the time heap to the ready heap (best first)."""
-        now = self._clock.time()
+        now = self._clock.monotonic()
         heap, ready = self._heap, self._ready
         period = self._refresh.period
         while heap and heap[0][0] <= now:
@@ -301,7 +355,7 @@ class Poller:
             if not self._heap:
                 await self._wakeup.wait()
                 continue
-            delay = (self._heap[0][0] - self._clock.time()) / self._clock.scale
+            delay = (self._heap[0][0] - self._clock.monotonic()) / self._clock.scale
             with anyio.move_on_after(delay):
                 await self._wakeup.wait()
 
@@ -311,37 +365,85 @@ class Poller:
         while self._ready:
             _, due, _, watch = heapq.heappop(self._ready)
             if watch.active and due == watch.next_at:
-                watch.next_at = float("inf")  # in flight: in no heap until the answer comes
+                watch.next_at = math.inf  # in flight: in no heap until the answer comes
                 return watch
         return None
 
-    # -- the workers --------------------------------------------------------------------
+    def _plan(self, watch: Watch, status: TaskStatus, now: float) -> float | None:
+        """When to check an unfinished task next (monotonic clock); None: once the loop is
+        known."""
+        refresh = self._refresh
+        offset = refresh.offset
+        after = watch.seen_at
+        few = len(self._watches) <= self._policy.every_refresh_up_to
+        eager = self._window_users and self._window.eager and watch.refreshed_at is None
+        if not (few or eager):
+            earliest = earliest_end(
+                status=status,
+                submitted_at=watch.submitted_at,
+                refreshed_at=None if watch.refreshed_at is None else watch.refreshed_at + offset,
+                started_at=None if watch.started_at is None else watch.started_at + offset,
+                shortest=self._durations.shortest(watch.key),
+                period=refresh.period,
+            )
+            if earliest is not None:
+                after = max(after, earliest)
+        return refresh.ask_at(watch.handle.task_id, after=after, now=now)
 
-    async def _worker(self, receive: MemoryObjectReceiveStream[Watch]) -> None:
-        async with receive:
-            async for watch in receive:
-                if watch.active:
-                    try:
-                        await self._check(watch)
-                    except Exception as exc:  # a bug must fail one handle, not the poller
-                        logger.exception("checking %s failed unexpectedly", watch.handle.task_id)
-                        self._finish(watch, None, exc)
+    def _replan(self) -> None:
+        """Plan again every waiting check: what durations to expect moved a lot.
+
+        Plans are made from each task's latest answer, and only ever move a check earlier: a
+        check already due, or planned for a refresh that may have passed, is never postponed.
+        """
+        now = self._clock.monotonic()
+        for watch in list(self._watches.values()):
+            if watch.active and (watch.next_at != math.inf or watch.handle.task_id in self._parked):
+                when = self._plan(watch, watch.handle.status, now)
+                if when is not None and when < watch.next_at:
+                    self._schedule(watch, when)
+
+    def _unpark(self) -> None:
+        """The refresh loop is better known: plan the checks that waited for it."""
+        if self._generation == self._refresh.generation:
+            return
+        self._generation = self._refresh.generation
+        now = self._clock.monotonic()
+        for watch in list(self._parked.values()):
+            if watch.active:
+                when = self._plan(watch, watch.handle.status, now)
+                if when is not None:
+                    self._schedule(watch, when)
+            else:
+                self._parked.pop(watch.handle.task_id, None)
+
+    # -- the checks ---------------------------------------------------------------------
+
+    async def _checked(self, watch: Watch) -> None:
+        try:
+            if watch.active:
+                await self._check(watch)
+        except Exception as exc:  # a bug must fail one handle, not the poller
+            logger.exception("checking %s failed unexpectedly", watch.handle.task_id)
+            self._finish(watch, None, exc)
+        finally:
+            self._slots.release()
 
     async def _check(self, watch: Watch) -> None:
         task_id = watch.handle.task_id
         self._polls += 1
-        sent = self._clock.time()
+        sent = self._clock.monotonic()
         try:
             snapshot = await self._fetch(task_id)
         except ClientClosedError:
             return
         except RateLimitedError as exc:
-            # Not the task's fault: the whole client slows down, the task keeps its place.
+            # Not the task's fault: the budget hears of it (from the client) and slows down if
+            # such answers grow common; this task keeps its place, a little later.
             self._rate_limited += 1
-            self._budget.throttled()
-            wait = max(exc.retry_after or 0.0, self._refresh.period / 3)
-            logger.debug("poll of %s rate-limited; next in %.1fs", task_id, wait)
-            self._reschedule(watch, self._clock.time() + wait)
+            wait = max(exc.retry_after or 0.0, self._backoff()[0])
+            logger.debug("poll of %s rate-limited; next in %.2fs", task_id, wait)
+            self._reschedule(watch, self._clock.monotonic() + wait)
         except _CLIENT_WIDE as exc:
             # The key (or the base URL) is refused: every other task's check would be too.
             self._poll_errors += 1
@@ -361,10 +463,22 @@ class Poller:
             watch.failing_since = None
             self._apply(watch, snapshot, sent)
 
+    def _backoff(self) -> tuple[float, float]:
+        """The first and longest wait after a failed GET: the policy's, else an eighth of a
+        refresh period doubling up to sixteen periods (in units of the user's patience while
+        the period is unknown)."""
+        if self._policy.error_backoff is not None:
+            return self._policy.error_backoff
+        if self._refresh.known and self._refresh.period > 0:
+            period = self._refresh.period
+            return period / 8, 16 * period
+        patience = self._policy.give_up_after
+        return patience / 600, patience / 10
+
     def _failed_transiently(self, watch: Watch, error: WanError) -> None:
         """Check again after a back-off, until the failures have lasted ``give_up_after``."""
         task_id = watch.handle.task_id
-        now = self._clock.time()
+        now = self._clock.monotonic()
         if watch.failing_since is None:
             watch.failing_since = now
         failing_for = now - watch.failing_since
@@ -379,9 +493,9 @@ class Poller:
             self._finish(watch, None, unavailable)
             return
         watch.errors += 1
-        first, longest = self._policy.error_backoff
+        first, longest = self._backoff()
         wait = min(longest, first * 2 ** (watch.errors - 1)) * (0.5 + self._rng.random())
-        logger.debug("poll of %s failed (%s); retrying in %.1fs", task_id, error, wait)
+        logger.debug("poll of %s failed (%s); retrying in %.2fs", task_id, error, wait)
         self._reschedule(watch, now + wait)
 
     def _fail_all(self, error: WanError) -> None:
@@ -396,17 +510,16 @@ class Poller:
         for watch in watches:
             self._finish(watch, None, error)
 
-    def _reschedule(self, watch: Watch, when: float) -> None:
+    def _reschedule(self, watch: Watch, when: float | None) -> None:
         if watch.active:
-            watch.next_at = when
-            self._push(watch)
+            self._schedule(watch, when)
 
     def _apply(self, watch: Watch, snapshot: TaskSnapshot, sent: float) -> None:
         handle = watch.handle
         task_id = handle.task_id
         previous = handle.snapshot
         handle._update(snapshot)
-        received = self._clock.time()
+        received = self._clock.monotonic()
         refresh = self._refresh
         # A task never refreshed carries its insert time in updated_at, not a refresh time.
         stamp = (
@@ -415,6 +528,8 @@ class Poller:
             else None
         )
         refresh.observe(task_id, sent=sent, received=received, stamp=stamp)
+        watch.seen_at = received
+        self._unanswered.discard(task_id)
         if stamp is not None:
             watch.refreshed_at = stamp
         if watch.submitted_at is None and snapshot.submit_time is not None:
@@ -430,56 +545,22 @@ class Poller:
                     # A listener's bug must not stop the poller every other task depends on.
                     logger.exception("status listener %r failed; the poller goes on", listener)
         if snapshot.is_terminal:
-            self._learn(watch, snapshot, received)
+            self._learn(watch, snapshot)
             try:
                 result = snapshot.result()
             except TaskFailed as exc:
                 self._finish(watch, None, exc)
             else:
                 self._finish(watch, result, None)
+            self._unpark()
             return
         at = stamp if stamp is not None else received - refresh.offset
         self._window.seen(task_id, at=at, started=watch.started_at)
         self._window_moved()
+        self._unpark()
         self._reschedule(watch, self._plan(watch, snapshot.status, received))
 
-    def _plan(self, watch: Watch, status: TaskStatus, now: float, *, probe: bool = True) -> float:
-        """When to check an unfinished task next (client clock)."""
-        refresh = self._refresh
-        task_id = watch.handle.task_id
-        offset = refresh.offset
-        earliest = earliest_end(
-            status=status,
-            submitted_at=watch.submitted_at,
-            refreshed_at=None if watch.refreshed_at is None else watch.refreshed_at + offset,
-            started_at=None if watch.started_at is None else watch.started_at + offset,
-            shortest=self._durations.shortest(watch.key),
-            period=refresh.period,
-        )
-        when = next_check(
-            earliest=earliest,
-            seen_at=now,
-            next_refresh=lambda t: refresh.next_refresh(task_id, t).ask_at,
-        )
-        if probe:
-            # A deliberate early look, when it teaches the loop's period or this task's phase.
-            after = now if earliest is None else max(now, earliest)
-            early = refresh.probe_at(task_id, after=after, now=now)
-            if early is not None and early < when:
-                when = max(early, now)
-        return when
-
-    def _replan(self) -> None:
-        """Plan again every waiting check: what durations to expect moved a lot."""
-        now = self._clock.time()
-        for watch in self._watches.values():
-            if watch.active and watch.next_at != float("inf") and watch.started_at is None:
-                status = watch.handle.status
-                when = self._plan(watch, status, now, probe=False)
-                if when != watch.next_at:
-                    self._reschedule(watch, when)
-
-    def _learn(self, watch: Watch, snapshot: TaskSnapshot, received: float) -> None:
+    def _learn(self, watch: Watch, snapshot: TaskSnapshot) -> None:
         """What an ended task teaches: how long work takes, how many of ours ran at once."""
         start, end = snapshot.upstream_start, snapshot.upstream_end
         started = start.timestamp() if start else watch.started_at
@@ -489,8 +570,7 @@ class Poller:
             else (snapshot.finish_time.timestamp() if snapshot.finish_time else None)
         )
         if ended is not None:
-            seen = received - self._refresh.offset
-            self._window.ended(watch.handle.task_id, started=started, ended=ended, seen=seen)
+            self._window.ended(watch.handle.task_id, started=started, ended=ended)
             self._window_moved()
         if snapshot.status is not TaskStatus.SUCCESS:
             return  # failures end early: they say nothing about how long work takes
@@ -513,6 +593,8 @@ class Poller:
         watch.active = False
         task_id = watch.handle.task_id
         self._watches.pop(task_id, None)
+        self._parked.pop(task_id, None)
+        self._unanswered.discard(task_id)
         if error is None or isinstance(error, TaskFailed):
             # Ended upstream for good: attach() answers from memory. Any other error is this
             # client's trouble, and a later attach() should ask again.
@@ -520,6 +602,8 @@ class Poller:
             if len(self._ended) > _ENDED_KEPT:
                 self._ended.popitem(last=False)
         self._refresh.forget(task_id)
+        # The task may have been the one searching the loop: another takes over.
+        self._unpark()
         self._window.forget(task_id)  # no-op after an end it has learned from
         watch.handle._resolve(result, error)
         self._notify()

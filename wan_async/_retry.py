@@ -36,7 +36,11 @@ class RetryPolicy:
     wait would pass the caller's deadline is not attempted: the error is raised at once.
 
     Args:
-        attempts: tries in all, the first included (1 disables retries).
+        attempts: tries in all, the first included (1 disables retries). Answers of a rate
+            limiter (429) are counted apart, against ``rate_limited_attempts``.
+        rate_limited_attempts: tries in all while the answers are a rate limiter's 429s: they
+            say "slower", not "failed", and the request budget spaces the tries out as such
+            answers grow common.
         initial: the first delay.
         maximum: the longest delay.
         multiplier: growth of the delay per attempt.
@@ -44,6 +48,7 @@ class RetryPolicy:
     """
 
     attempts: int = attrs.field(default=5, validator=attrs.validators.ge(1))
+    rate_limited_attempts: int = attrs.field(default=20, validator=attrs.validators.ge(1))
     initial: float = attrs.field(default=1.0, validator=attrs.validators.ge(0))
     maximum: float = attrs.field(default=60.0, validator=attrs.validators.ge(0))
     multiplier: float = attrs.field(default=2.0, validator=attrs.validators.ge(1))
@@ -80,7 +85,6 @@ async def call_with_retries(
     rng: random.Random,
     submit: bool,
     before_attempt: Callable[[], Awaitable[None]],
-    on_rate_limited: Callable[[], None],
     what: str,
 ) -> _T:
     """Run ``call`` until it succeeds, fails for good, or the attempts run out.
@@ -92,22 +96,26 @@ async def call_with_retries(
         rng: jitter source.
         submit: the call is a submit (retried only when certainly not created).
         before_attempt: awaited before every attempt (draws on the request budget).
-        on_rate_limited: called on every 429, so the whole client slows down.
         what: names the call in log lines.
 
     Raises:
         WanError: the last attempt's error.
     """
-    attempt = 0
+    attempt = failed = limited = 0
     while True:
         attempt += 1
         await before_attempt()
         try:
             return await call()
         except WanError as exc:
-            if isinstance(exc, RateLimitedError):
-                on_rate_limited()
-            if attempt >= policy.attempts or not should_retry(exc, submit=submit):
+            if isinstance(exc, RateLimitedError) and policy.attempts > 1:
+                limited += 1
+                count, most = limited, policy.rate_limited_attempts
+            else:
+                failed += 1
+                count, most = failed, policy.attempts
+            spent = count >= most
+            if spent or not should_retry(exc, submit=submit):
                 raise
             retry_after = exc.retry_after if isinstance(exc, APIError) else None
             delay = policy.delay(attempt, retry_after=retry_after, rng=rng)
@@ -119,8 +127,8 @@ async def call_with_retries(
                 "%s failed (%s); retry %d/%d in %.1fs",
                 what,
                 exc,
-                attempt,
-                policy.attempts - 1,
+                count,
+                most - 1,
                 delay,
             )
             await clock.sleep(delay)

@@ -21,6 +21,7 @@ of how long upstream works on tasks of the same model, size and duration
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 
@@ -36,19 +37,34 @@ __all__ = [
 ]
 
 
+def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not (isinstance(value, (int, float)) and value > 0):
+        msg = f"{attribute.name} must be a positive number of seconds or None, got {value!r}"
+        raise ValueError(msg)
+
+
 @attrs.frozen(kw_only=True)
 class PollPolicy:
     """How the shared poller spends its requests.
 
+    Every default is learned or stated in what the poller measures (refresh periods, task
+    durations, its own requests), so that the client behaves the same against a gateway whose
+    loop sleeps 15 s and tasks take minutes as against one ten times faster.
+
     Args:
-        refresh_period: a first guess at the gateway's refresh period, in clock seconds
-            (operators use 15 or 3): a hint the client corrects both ways from what the
-            gateway's answers show (the period, each task's phase, the clock offset), never a
-            floor or a ceiling.
+        refresh_period: the gateway's refresh period in clock seconds, if known (operators use
+            15 or 3): a first estimate the client corrects both ways from what the answers show.
+            By default the client finds it from its first answers (a few GETs at widening
+            intervals after the first submit).
         shortest_duration: clock seconds no task is expected to undercut before any has been
-            seen to finish; default: half the prior for its model, size and duration.
-        max_concurrent_polls: GETs in flight at once.
-        error_backoff: first and longest wait after a failed GET, in clock seconds.
+            seen to finish. By default nothing is assumed: until a task of a kind has ended
+            (or one of another kind, scaled), its tasks are checked at every refresh.
+        every_refresh_up_to: with this many outstanding tasks or fewer, each is checked at every
+            refresh of the gateway from its submit on (status GETs are cheap then); with more,
+            only at the refreshes where it may have ended.
+        max_concurrent_polls: GETs in flight at once (a stalled answer holds one).
+        error_backoff: first and longest wait after a failed GET, in clock seconds; by default
+            an eighth of a refresh period, doubling up to sixteen periods.
         give_up_after: clock seconds a task's status checks may keep failing (connection
             errors, timeouts, 5xx, answers that do not parse) before its handle fails with
             :class:`~wan_async.StatusUnavailable`; 429s do not count, they only slow down.
@@ -56,10 +72,11 @@ class PollPolicy:
             handles at once.
     """
 
-    refresh_period: float = attrs.field(default=15.0, validator=attrs.validators.gt(0))
-    shortest_duration: float | None = None
-    max_concurrent_polls: int = attrs.field(default=4, validator=attrs.validators.ge(1))
-    error_backoff: tuple[float, float] = (2.0, 120.0)
+    refresh_period: float | None = attrs.field(default=None, validator=_positive_or_none)
+    shortest_duration: float | None = attrs.field(default=None, validator=_positive_or_none)
+    every_refresh_up_to: int = attrs.field(default=8, validator=attrs.validators.ge(0))
+    max_concurrent_polls: int = attrs.field(default=64, validator=attrs.validators.ge(1))
+    error_backoff: tuple[float, float] | None = None
     give_up_after: float = attrs.field(default=600.0, validator=attrs.validators.gt(0))
 
 

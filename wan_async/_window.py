@@ -3,39 +3,52 @@
 A task of ours waiting upstream (``QUEUED``) proves nothing about upstream's capacity: on a
 shared account slots go to other tenants for a while, and some tasks wait before starting
 whatever the load. What does tell is whether *more tasks in flight ran more tasks at once*.
-So the window is set from how many of our tasks were seen running at the same time, as
-reconstructed from upstream's own start and end stamps (also for tasks that ended before
-their first check), and kept ahead of it:
+So the window is set from how many of our tasks were seen running at the same time (the
+*concurrency*), reconstructed from upstream's own start and end stamps (also for tasks that
+ended before their first check), and kept a little ahead of it:
 
-* ``limit = gain * concurrency + headroom``, with ``gain`` 1.5: a window that binds (every
-  task in flight runs) grows by half each time the tasks it let in start, and one that does
-  not (extra tasks only wait) settles where the extra ones only wait;
-* at first, and again whenever every task in flight is seen running, the window grows as
-  TCP's slow start does: two more for every task seen to start (at most three times as many
-  as ran at once), until for a while (twice the usual wait before a start, plus the detection
-  delay) no more of ours ran at once: only then is upstream taken to be full. Meanwhile
+* ``limit = concurrency + headroom`` once upstream is known to be full, where the headroom
+  covers the tasks expected to end within one refresh period (``concurrency * period /
+  duration``, and one more): a slot freed upstream then finds a task of ours already queued,
+  while the gateway has not shown the end yet. The headroom is stated in what the gateway
+  does (its period, upstream's durations), never in how late this client noticed an end, so
+  that a late check never grows the window that made it late;
+* at first, and again whenever every task in flight is seen running (the window binds), the
+  window grows as TCP's slow start does: one more for every task seen to start (twofold per
+  round of checks), but, once any of ours is seen waiting, never beyond one and a half times
+  the concurrency plus the headroom. Upstream is taken to be full
+  once the concurrency has not risen for a while although tasks of ours were waiting (for a
+  period plus twice the usual wait between a submit and its start), or at once when a submit
+  is refused because upstream is saturated (:meth:`WindowEstimator.saturated`). Meanwhile
   :attr:`WindowEstimator.eager` asks the poller to check new tasks right after their first
   refresh, so that it knows soon whether they started;
-* ``headroom`` covers the tasks that ended upstream while the poller has not noticed yet
-  (``concurrency / duration`` end per second, each unnoticed for the detection delay), so
-  that a slot freed upstream finds a task of ours already waiting;
-* ``concurrency`` is the most seen running at once over a recent horizon: when upstream's
-  capacity drops, the window shrinks once the horizon has passed; when it returns, the tasks
-  already waiting start at once, the concurrency rises, and the window grows back with it.
+* ``concurrency`` is the most seen running at once over a recent horizon (eight task durations):
+  when upstream's capacity drops, the window shrinks once the horizon has passed; when it
+  returns, the tasks already waiting start at once, the concurrency rises, and the window grows
+  back with it.
 
-Times are whatever one clock the caller uses for all of them (the gateway's, converted);
-nothing here reads a clock or does I/O.
+Times are whatever one clock the caller uses for all of them (the gateway's, converted); nothing
+here reads a clock or does I/O.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 
 #: Buckets per block: the concurrency is a maximum over blocks, kept up to date as it rises.
 _BLOCK = 64
 #: Tasks seen to start before the window may conclude that upstream is full.
 _MIN_STARTS = 4
+#: Buckets per refresh period in the concurrency reconstruction.
+_BUCKETS_PER_PERIOD = 8
+#: The concurrency is remembered over this many task durations.
+_HORIZON_DURATIONS = 8
+
+
+def _queued(state: _Task) -> bool:
+    """Whether an answer showed the task waiting upstream (and none since showed it running)."""
+    return state.seen and state.start is None
 
 
 class _Task:
@@ -52,21 +65,18 @@ class _Task:
 
 
 class WindowEstimator:
-    """The in-flight limit that keeps upstream busy without flooding it.
+    """The in-flight limit that keeps upstream busy without queueing far beyond it.
 
     Args:
         initial: the limit before anything is known (and its lowest value).
         cap: a hard cap (``max_in_flight``), or None.
-        gain: how many tasks to keep in flight per task seen running at once.
-        horizon: seconds over which the most tasks seen running at once is remembered.
-        resolution: seconds per bucket of the concurrency reconstruction.
-        detection: how long (seconds) the end of a task is assumed to go unnoticed before any
-            is measured.
+        period: the gateway's refresh period as now estimated (seconds; 0 while unknown).
 
     The poller calls :meth:`submitted` when a submit succeeds, :meth:`seen` on every answer
     about a task that has not ended (with upstream's start time once it runs), :meth:`ended`
-    when it sees a task end, and :meth:`forget` when it stops tracking a task for another
-    reason; the batch reads :attr:`limit`.
+    when it sees a task end, :meth:`saturated` when a submit is refused because upstream is
+    full, and :meth:`forget` when it stops tracking a task for another reason; the batch reads
+    :attr:`limit`.
     """
 
     def __init__(
@@ -74,37 +84,35 @@ class WindowEstimator:
         *,
         initial: int = 8,
         cap: int | None = None,
-        gain: float = 1.5,
-        horizon: float = 600.0,
-        resolution: float = 1.0,
-        detection: float = 20.0,
+        period: Callable[[], float] = lambda: 0.0,
     ) -> None:
         self._initial = max(1, initial)
         self._cap = cap
-        self._gain = gain
-        self._horizon = horizon
-        self._step = resolution
+        self._period = period
         self._tasks: dict[Hashable, _Task] = {}
+        #: Seconds per bucket of the reconstruction: set from the period when first needed.
+        self._step = 0.0
         #: bucket -> how many of ours ran at its midpoint (as far as known)
         self._buckets: dict[int, int] = {}
         #: block -> the largest bucket count in it
         self._blocks: dict[int, int] = {}
         self._now = -math.inf
         self._running = 0
-        self._unseen = 0
+        #: Tasks seen waiting upstream after their first refresh.
+        self._queued = 0
         self._startup = True
-        #: How long an end goes unnoticed, and how long tasks run (recency-weighted means).
-        self._delay = detection
+        #: How long tasks run (a recency-weighted mean), once one was seen to end.
         self._duration: float | None = None
         self._limit = self._initial
-        #: How long tasks wait between submit and start, and when the concurrency last rose.
+        #: How long tasks wait between submit and start.
         self._wait = 0.0
         self._waits = 0
         #: Tasks seen to start since the window last began to grow fast (slow start).
         self._started = 0
         self._base = self._initial
-        self._peak = 0
-        self._rose_at = -math.inf
+        #: The highest bucket so far, and its time.
+        self._top = 0
+        self._top_at = -math.inf
 
     # -- reading ------------------------------------------------------------------------
 
@@ -115,10 +123,16 @@ class WindowEstimator:
 
     @property
     def concurrency(self) -> int:
-        """The most of our tasks seen running at once over the recent horizon."""
+        """The most of our tasks seen running at once over the recent horizon (until the
+        period, the reconstruction's unit, is known: how many run now, exact before any end)."""
+        if self._step <= 0:
+            return self._running
         if not self._blocks:
             return 0
-        oldest = math.floor((self._now - self._horizon) / self._step) // _BLOCK
+        horizon = self._horizon()
+        if math.isinf(horizon):
+            return max(self._blocks.values())
+        oldest = math.floor((self._now - horizon) / self._step) // _BLOCK
         return max((v for k, v in self._blocks.items() if k >= oldest), default=0)
 
     @property
@@ -135,12 +149,12 @@ class WindowEstimator:
 
     @property
     def headroom(self) -> int:
-        """Tasks kept in flight beyond the gain: those that ended upstream and are not noticed
-        yet (at full speed, ``concurrency / duration`` end per second, each unnoticed for the
-        detection delay), and one more."""
-        if self._duration is None:
+        """Tasks kept in flight beyond the concurrency: those expected to end upstream within
+        one refresh period (before the gateway shows it), and one more."""
+        period = self._period()
+        if self._duration is None or period <= 0:
             return 2
-        return 1 + math.ceil(1.5 * self.concurrency * self._delay / self._duration)
+        return 1 + math.ceil(self.concurrency * period / self._duration)
 
     # -- events -------------------------------------------------------------------------
 
@@ -148,7 +162,6 @@ class WindowEstimator:
         """A task was submitted at ``at``."""
         if task not in self._tasks:
             self._tasks[task] = _Task(at)
-            self._unseen += 1
         self._advance(at)
         self._update()
 
@@ -163,8 +176,7 @@ class WindowEstimator:
         state = self._tasks.get(task)
         if state is None:
             state = self._tasks[task] = _Task()
-        elif not state.seen:
-            self._unseen -= 1
+        self._queued -= _queued(state)
         state.seen = True
         self._advance(at)
         if started is not None:
@@ -173,18 +185,16 @@ class WindowEstimator:
                 self._running += 1
                 self._waited(state)
             self._cover(state, at)
+        self._queued += _queued(state)
         self._update()
 
-    def ended(
-        self, task: Hashable, *, started: float | None, ended: float, seen: float | None = None
-    ) -> None:
+    def ended(self, task: Hashable, *, started: float | None, ended: float) -> None:
         """``task`` ended at ``ended`` (upstream's stamp), having run since ``started``.
 
         Args:
             started: when upstream started it, if known (a task that failed while waiting did
                 not run).
             ended: when upstream ended it.
-            seen: when the poller noticed (to learn how long ends go unnoticed).
         """
         state = self._drop(task)
         if state is not None:
@@ -193,15 +203,19 @@ class WindowEstimator:
                 self._waited(state)
             if state.start is not None:
                 self._cover(state, ended)
-        self._advance(ended if seen is None else seen)
-        if seen is not None and seen >= ended:
-            self._delay += (seen - ended - self._delay) / 8
+        self._advance(ended)
         if started is not None and ended > started:
             took = ended - started
             self._duration = (
                 took if self._duration is None else (self._duration + (took - self._duration) / 8)
             )
         self._update()
+
+    def saturated(self) -> None:
+        """A submit was refused because upstream is full (the gateway's own 429): stop growing."""
+        if self._startup and self._waits > 0:
+            self._startup = False
+            self._update()
 
     def forget(self, task: Hashable) -> None:
         """Stop counting ``task`` (dropped for another reason than its end)."""
@@ -210,12 +224,16 @@ class WindowEstimator:
 
     # -- internals ----------------------------------------------------------------------
 
+    def _horizon(self) -> float:
+        if self._duration is None:
+            return math.inf
+        return _HORIZON_DURATIONS * self._duration
+
     def _drop(self, task: Hashable) -> _Task | None:
         """Stop counting ``task`` as in flight (and as running); return what was known."""
         state = self._tasks.pop(task, None)
         if state is not None:
-            if not state.seen:
-                self._unseen -= 1
+            self._queued -= _queued(state)
             if state.start is not None:
                 self._running -= 1
         return state
@@ -224,9 +242,9 @@ class WindowEstimator:
         if at <= self._now:
             return
         self._now = at
-        horizon = at - self._horizon
-        if len(self._buckets) > 2 * self._horizon / self._step + _BLOCK:
-            oldest = math.floor(horizon / self._step)
+        horizon = self._horizon()
+        if self._step > 0 and len(self._buckets) > 2 * horizon / self._step + _BLOCK:
+            oldest = math.floor((at - horizon) / self._step)
             self._buckets = {k: v for k, v in self._buckets.items() if k >= oldest}
             self._blocks = {k: v for k, v in self._blocks.items() if k >= oldest // _BLOCK}
 
@@ -244,6 +262,11 @@ class WindowEstimator:
         """Count the task as running from where it was counted up to ``until``."""
         if until <= state.covered:
             return
+        if self._step <= 0:
+            period = self._period()
+            if period <= 0:
+                return  # counted once the period (the reconstruction's unit) is known
+            self._step = period / _BUCKETS_PER_PERIOD
         step = self._step
         first = math.ceil(state.covered / step - 0.5)
         last = math.ceil(until / step - 0.5)  # buckets whose midpoint is in [covered, until)
@@ -254,25 +277,30 @@ class WindowEstimator:
             block = b // _BLOCK
             if count > blocks.get(block, 0):
                 blocks[block] = count
+            if count > self._top:
+                # When the concurrency first reached a new height, as reconstructed: a start
+                # learned late raises it back then, not now.
+                self._top, self._top_at = count, b * step
         state.covered = until
 
     def _patience(self) -> float:
-        """How long the concurrency may stay flat before the growth is over.
+        """How long the concurrency may stay flat, with tasks of ours waiting, before upstream
+        is taken to be full: a period plus twice the usual wait before a start (dispatch).
 
-        Tasks wait before they start (upstream's dispatch), so a rise shows only that much
-        later; but a wait that grew because our own tasks queue must not keep the window
-        growing: past half a task's duration, waiting is queueing.
+        A wait that grew because our own tasks queue must not keep the window growing: past
+        half a task's duration, waiting is queueing.
         """
         wait = self._wait if self._duration is None else min(self._wait, self._duration / 2)
-        return max(30.0, 2 * wait + self._delay)
+        return self._period() + 2 * wait
 
     def _update(self) -> None:
         outstanding = len(self._tasks)
-        full = outstanding >= self._limit - 1
         concurrency = self.concurrency
-        if concurrency > self._peak or not full:
-            self._rose_at = self._now
-        self._peak = concurrency
+        if not self._queued:
+            # None of ours is seen waiting: a flat concurrency says nothing of upstream's
+            # capacity (a task submitted and not yet refreshed proves nothing either).
+            self._top_at = max(self._top_at, self._now)
+        full = outstanding >= self._limit - 1
         if full and self._running >= 0.9 * outstanding and not self._startup:
             # Every task in flight runs: the window is what limits. Grow fast again.
             self._startup, self._started, self._base = True, 0, self._limit
@@ -280,18 +308,22 @@ class WindowEstimator:
             self._startup
             # Nothing is known of upstream's capacity until some of ours were seen to start.
             and self._waits >= _MIN_STARTS
-            and self._now - self._rose_at > self._patience()
+            and self._step > 0
+            and self._now - self._top_at > self._patience()
         ):
-            # More in flight for a while, and no more ran at once: the extra ones only wait
-            # (waiting alone proves nothing: tasks may wait whatever the load).
+            # Tasks of ours waited for a while, and no more ran at once since the concurrency
+            # last rose: upstream is full (waiting alone proves nothing: tasks may wait
+            # whatever the load).
             self._startup = False
+        headroom = self.headroom
         if self._startup:
-            # As TCP's slow start: two more for every task seen to start, though never more
-            # than three times as many as ran at once.
-            quick = min(self._base + 2 * self._started, 3 * concurrency + self.headroom)
-            grown = max(quick, 2 * concurrency + self.headroom)
+            grown = self._base + self._started
+            if self._queued:
+                # Some of ours wait: upstream may be nearly full. Grow past what ran at once
+                # by half, not threefold.
+                grown = min(grown, math.ceil(1.5 * concurrency) + headroom)
         else:
-            grown = math.ceil(self._gain * concurrency) + self.headroom
+            grown = concurrency + headroom
         limit = max(self._initial, grown)
         if self._cap is not None:
             limit = min(limit, self._cap)

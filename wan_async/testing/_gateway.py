@@ -83,6 +83,8 @@ _SUBMIT_PATH = "/v1/video/generations"
 _ALNUM = string.ascii_letters + string.digits
 # How long closing waits for requests in flight (a SLOW fault) before cancelling them.
 _SHUTDOWN_TIMEOUT = 1.0
+#: The per-key request limiter's message (a middleware error, not upstream's).
+_KEY_RATE_LIMITED = "Too many requests for this key, please try again later"
 _THROTTLED = upstream_error(
     "Throttling.RateQuota", "Requests rate limit exceeded, please try again later."
 )
@@ -196,7 +198,8 @@ class FakeGateway:
         models: models with a channel; others get 503 ``model_not_found``.
         forbidden_models: models this key may not use (403).
         quota: tasks the account may create in all (``None``: unlimited).
-        rate_limit: requests (submits and GETs) per second per key (``None``: unlimited).
+        rate_limit: requests (submits and GETs) per second per key (``None``: unlimited);
+            beyond it the middleware answers 429 in its ``{"error": ...}`` shape.
         rate_burst: bucket size of ``rate_limit`` (default: ``max(1, rate_limit)``).
         fault_rates: probability of each :class:`Fault` per applicable request.
         slow_delay: real seconds a ``SLOW`` answer waits (unless injected with ``delay``).
@@ -922,7 +925,7 @@ class FakeGateway:
         if self._quota is not None and self.stats.tasks_created >= self._quota:
             return task_error(403, "quota_not_enough", "user quota is not enough")
         if self._bucket is not None and not self._bucket.take():
-            return task_error(429, "fail_to_fetch_task", _THROTTLED)
+            return middleware_error(429, _KEY_RATE_LIMITED, request_id)
         rejection = _upstream_rejection(body, prompt, model)
         if rejection is not None:
             message = upstream_error("InvalidParameter", rejection)
@@ -958,7 +961,7 @@ class FakeGateway:
         if denied is not None:
             return denied, str(denied.status)
         if self._bucket is not None and not self._bucket.take():
-            return task_error(429, "fail_to_fetch_task", _THROTTLED), "429"
+            return middleware_error(429, _KEY_RATE_LIMITED, request_id), "429"
         if choice is not None and choice.fault is Fault.WRONG_SHAPE:
             return json_response(200, {"code": "success", "data": None}), "200"
         task = self._tasks.get(task_id)
