@@ -170,12 +170,15 @@ async def test_leaving_as_completed_early_stops_the_batch(
 async def test_cancelling_the_caller_stops_the_batch(
     gateway: FakeGateway, client: WanClient
 ) -> None:
-    """A cancelled generate_many leaves no batch running behind it."""
+    """A cancelled generate_many leaves no batch running behind it.
+
+    A submit already on the wire is shielded and may still create its task (at most
+    ``max_in_flight`` of them); nothing is sent after, although the 90 s tasks of the first
+    two would have ended and made room twice over."""
     with anyio.move_on_after(0.05):
         await client.generate_many(items(30), max_in_flight=2)
-    created = gateway.stats.tasks_created
-    await anyio.sleep(0.1)
-    assert gateway.stats.tasks_created == created
+    await anyio.sleep(200 / gateway.clock.scale)
+    assert gateway.stats.tasks_created <= 2
 
 
 async def test_download_dir_saves_each_video_as_it_succeeds(

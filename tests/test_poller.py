@@ -21,9 +21,9 @@ from wan_async import (
     WanClient,
 )
 from wan_async._client import POLLER_TASK_NAME
-from wan_async.testing import FakeGateway, Fault
+from wan_async.testing import FakeGateway, Fault, ScaledClock
 
-from .conftest import make_client
+from .conftest import SCALE, fixed_processing, make_client
 
 pytestmark = pytest.mark.anyio
 
@@ -247,3 +247,31 @@ async def test_a_failing_listener_does_not_stop_the_poller(
     assert (await handle).task_id == handle.task_id
     assert any("listener" in r.getMessage() for r in caplog.records)
     client.remove_status_listener(broken)
+
+
+async def test_overdue_checks_of_tasks_past_their_usual_end_free_window_room() -> None:
+    """Checks held back (here: every poll slot stuck in a slow answer) do not keep tasks that
+    have run longer than such tasks take counted in the window: their slots upstream are
+    likely free. Tasks not yet past that, or being checked, still count."""
+    clock = ScaledClock(SCALE)
+    policy = PollPolicy(refresh_period=3.0, max_concurrent_polls=2)
+    async with (
+        FakeGateway(clock=clock, tick=3.0, slots=10, processing_time=fixed_processing(60)) as gw,
+        make_client(gw, poll_policy=policy) as client,
+    ):
+        poller = client._poller
+        await (await client.submit(request(0)))  # teaches a 60 s duration
+        with poller.using_window():
+            handles = [await client.submit(request(1 + i)) for i in range(6)]
+            await clock.sleep(20)  # each seen running (few tasks: checked at every refresh)
+            assert all(h.status is TaskStatus.IN_PROGRESS for h in handles)
+            assert poller.in_flight() == 6
+            gw.inject(Fault.SLOW, on="get", times=2, delay=4 * 60 / SCALE)  # 4 minutes
+            await clock.sleep(20)  # both poll slots are stuck; the other checks fall due
+            assert poller.in_flight() == 6  # due, but not yet past their usual end
+            await clock.sleep(40)
+            # Four wait for a slot, past their end; the two being checked still count.
+            assert poller.in_flight() == 2
+            for h in handles:
+                await h
+            assert poller.in_flight() == 0

@@ -85,6 +85,9 @@ class Watch:
     #: When the current run of failed checks began.
     failing_since: float | None = None
     active: bool = True
+    #: While due and waiting for the request budget (in the poller's ready heap): the
+    #: sequence number of its entry there; else 0.
+    queued: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -132,6 +135,10 @@ class Poller:
         self._watches: dict[str, Watch] = {}
         #: Tasks attached by id and not answered about yet (resumed ones, mostly finished).
         self._unanswered: set[str] = set()
+        #: Due tasks seen running, by when they are expected to end (gateway time, as of when
+        #: they became due), and those of them past it: their slot upstream is likely free.
+        self._ends_due: list[tuple[float, int, Watch]] = []
+        self._likely_ended: set[str] = set()
         #: Handles of recently ended tasks, oldest first: attaching to one costs no request.
         self._ended: OrderedDict[str, TaskHandle] = OrderedDict()
         self._seq = 0
@@ -238,16 +245,14 @@ class Poller:
         check is overdue (the request budget holds it back) although they have been running
         for longer than such tasks usually take (their slot upstream is likely free).
         """
-        count = len(self._watches) - len(self._unanswered)
-        if not self._ready:
-            return count
-        now = self._clock.monotonic()
-        offset = self._refresh.offset
-        for _, _, _, watch in self._ready:
-            started = watch.started_at
-            if watch.active and started is not None:
-                count -= started + offset + self._durations.median(watch.key) <= now
-        return count
+        self._collect_due()  # the poller may wait for a slot, the due checks with it
+        if self._ends_due:
+            now = self._clock.monotonic() - self._refresh.offset
+            while self._ends_due and self._ends_due[0][0] <= now:
+                _, seq, watch = heapq.heappop(self._ends_due)
+                if watch.active and watch.queued == seq:
+                    self._likely_ended.add(watch.handle.task_id)
+        return len(self._watches) - len(self._unanswered) - len(self._likely_ended)
 
     def saturated(self) -> None:
         """A submit was refused because upstream is saturated: the window stops growing."""
@@ -287,6 +292,8 @@ class Poller:
         self._heap.clear()
         self._ready.clear()
         self._parked.clear()
+        self._ends_due.clear()
+        self._likely_ended.clear()
         for watch in watches.values():
             watch.active = False
             watch.handle._resolve(None, error or ClientClosedError(_CLOSED))
@@ -317,6 +324,7 @@ class Poller:
         """Check ``watch`` at ``when``; or, for None, once the refresh loop is known."""
         if not watch.active:
             return
+        self._dequeued(watch)
         if when is None:
             watch.next_at = math.inf
             self._parked[watch.handle.task_id] = watch
@@ -344,6 +352,10 @@ class Poller:
             due, seq, watch = heapq.heappop(heap)
             if watch.active and due == watch.next_at:
                 heapq.heappush(ready, (_ready_key(watch, due, period), due, seq, watch))
+                watch.queued = seq
+                if watch.started_at is not None and self._window_users:
+                    end = watch.started_at + self._durations.median(watch.key)
+                    heapq.heappush(self._ends_due, (end, seq, watch))
 
     async def _wait_until_due(self) -> None:
         while True:
@@ -366,8 +378,15 @@ class Poller:
             _, due, _, watch = heapq.heappop(self._ready)
             if watch.active and due == watch.next_at:
                 watch.next_at = math.inf  # in flight: in no heap until the answer comes
+                self._dequeued(watch)
                 return watch
         return None
+
+    def _dequeued(self, watch: Watch) -> None:
+        """``watch`` no longer waits among the due tasks (checked now, or ended)."""
+        if watch.queued:
+            watch.queued = 0
+            self._likely_ended.discard(watch.handle.task_id)
 
     def _plan(self, watch: Watch, status: TaskStatus, now: float) -> float | None:
         """When to check an unfinished task next (monotonic clock); None: once the loop is
@@ -595,6 +614,7 @@ class Poller:
         self._watches.pop(task_id, None)
         self._parked.pop(task_id, None)
         self._unanswered.discard(task_id)
+        self._dequeued(watch)
         if error is None or isinstance(error, TaskFailed):
             # Ended upstream for good: attach() answers from memory. Any other error is this
             # client's trouble, and a later attach() should ask again.
