@@ -15,9 +15,10 @@ from wan_async import (
     RetryPolicy,
     SubmitOutcomeUnknown,
     TaskFailed,
+    TaskNotFound,
     VideoRequest,
 )
-from wan_async._journal import fingerprint
+from wan_async._journal import TASK_LIFETIME, fingerprint
 from wan_async.testing import FakeGateway, Fault, ScaledClock
 
 from ._batch_worker import batch
@@ -214,3 +215,45 @@ async def test_a_resumed_batch_fills_free_slots_while_it_checks_old_tasks(
             gw.clear_faults()
             tg.cancel_scope.cancel()
     assert created > 40
+
+
+async def test_a_not_found_answer_within_the_task_lifetime_is_not_final(
+    gateway: FakeGateway, tmp_path: Path
+) -> None:
+    """Resumed once with another account's key, every running task reads ``task_not_exist``;
+    the next run with the right key still attaches to them and gets their videos, without
+    a submit (the journal once kept "not found" for good: paid tasks lost)."""
+    journal = tmp_path / "batch.jsonl"
+    requests = batch(4)
+    async with make_client(gateway) as client:
+        with anyio.move_on_after(30 / gateway.clock.scale):  # submitted, none ended (90 s)
+            await client.generate_many(requests, journal=journal)
+    assert gateway.stats.tasks_created == 4
+    gateway.add_account("sk-other-account")
+    async with make_client(gateway, api_key="sk-other-account") as client:
+        wrong = await client.generate_many(requests, return_outcomes=True, journal=journal)
+    assert [type(o.error) for o in wrong] == [TaskNotFound] * 4
+    async with make_client(gateway) as client:
+        right = await client.generate_many(requests, return_outcomes=True, journal=journal)
+    assert all(o.ok for o in right), [o.error for o in right]
+    assert [o.task_id for o in right] == [o.task_id for o in wrong]
+    assert gateway.stats.tasks_created == 4
+
+
+async def test_a_not_found_answer_past_the_task_lifetime_is_final(tmp_path: Path) -> None:
+    """A day after its submit, not found is the task's end: recorded, not asked again."""
+    journal = tmp_path / "batch.jsonl"
+    requests = batch(2)
+    async with FakeGateway(clock=ScaledClock(300), processing_time=fixed_processing(90)) as gw:
+        async with make_client(gw) as client:
+            with anyio.move_on_after(30 / gw.clock.scale):
+                await client.generate_many(requests, journal=journal)
+        gw.add_account("sk-other-account")
+        later = gw.clock.shifted(TASK_LIFETIME)
+        async with make_client(gw, api_key="sk-other-account", clock=later) as client:
+            first = await client.generate_many(requests, return_outcomes=True, journal=journal)
+        gets = sum(gw.stats.gets_per_task.values())
+        async with make_client(gw, clock=later) as client:
+            again = await client.generate_many(requests, return_outcomes=True, journal=journal)
+        assert sum(gw.stats.gets_per_task.values()) == gets
+    assert [type(o.error) for o in first + again] == [TaskNotFound] * 4

@@ -356,12 +356,12 @@ class Batch:
                 return Outcome(index=index, request=request, task_id=task_id, error=stopped)
         except (TaskFailed, TaskNotFound) as exc:
             if self._journal is not None:
-                await self._journal.finished(index, task_id, None, exc)
+                await self._journal.finished(index, task_id, None, exc, at=self._clock.time())
             return Outcome(index=index, request=request, task_id=task_id, error=exc)
         except WanError as exc:  # a timeout, a rejected key...: the task may go on upstream
             return Outcome(index=index, request=request, task_id=task_id, error=exc)
         if self._journal is not None:
-            await self._journal.finished(index, task_id, result, None)
+            await self._journal.finished(index, task_id, result, None, at=self._clock.time())
         return Outcome(index=index, request=request, task_id=task_id, result=result)
 
     async def _submit_item(self, index: int, request: VideoRequest) -> TaskHandle | Outcome:

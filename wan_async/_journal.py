@@ -195,9 +195,16 @@ class Journal:
         await self._write({"event": "unknown", "i": index, "at": at, "error": str(error)})
 
     async def finished(
-        self, index: int, task_id: str, result: VideoResult | None, error: BaseException | None
+        self,
+        index: int,
+        task_id: str,
+        result: VideoResult | None,
+        error: BaseException | None,
+        *,
+        at: float,
     ) -> None:
-        """Record that item ``index`` ended for good (success, failure, unknown task id)."""
+        """Record that item ``index`` ended: for good on success or failure; for a task id
+        the gateway does not know (at ``at``, Unix seconds), only past the task's lifetime."""
         line: dict[str, Any] = {"event": "finished", "i": index, "task_id": task_id}
         if result is not None:
             line |= {
@@ -209,7 +216,12 @@ class Journal:
         elif isinstance(error, TaskFailed):
             line |= {"status": "FAILURE", "code": error.code, "message": error.message}
         elif isinstance(error, TaskNotFound):
-            line |= {"status": "NOT_FOUND", "message": error.message}
+            # Also the answer for another account's task (a run with the wrong key): final
+            # only once the task's lifetime is over, else the next run attaches again.
+            line |= {"status": "NOT_FOUND", "message": error.message, "at": at}
+            if not _expired(self._states[index], at):
+                await self._write(line | {"event": "not_found"})
+                return
         else:
             return
         self._states[index].final = line
@@ -300,7 +312,19 @@ def _replay(path: Path, lines: list[str], fingerprints: list[str], states: list[
             state.submitting_at = float(line.get("at") or state.submitting_at or 0.0)
         elif event == "finished":
             state.task_id = str(line.get("task_id") or state.task_id)
-            state.final = line
+            if line.get("status") != "NOT_FOUND" or _expired(state, line.get("at")):
+                state.final = line  # older journals' not-found lines are attached again
+
+
+#: How long the gateway keeps a task (SPEC: task ids expire after 24 hours).
+TASK_LIFETIME = 24 * 3600.0
+
+
+def _expired(state: ItemState, at: object) -> bool:
+    """Whether a not-found answer at ``at`` (Unix seconds) comes after the task's lifetime."""
+    if not isinstance(at, int | float) or state.submitting_at is None:
+        return False
+    return at - state.submitting_at >= TASK_LIFETIME
 
 
 def recorded_submits(path: str | os.PathLike[str]) -> dict[int, str | None]:

@@ -266,6 +266,8 @@ class FakeGateway:
             raise TypeError(msg)
 
         self.api_key = api_key
+        #: Keys of other accounts (key -> account name), see add_account().
+        self._other_accounts: dict[str, str] = {}
         self._host = host
         self._port = port
         self._storage_port = storage_port
@@ -607,6 +609,27 @@ class FakeGateway:
         """Accept :attr:`api_key` again after :meth:`revoke_key` or :meth:`forbid_key`."""
         self._key_state = "active"
 
+    def add_account(self, key: str) -> None:
+        """Accept ``key`` too, as another account's: it submits tasks of its own and sees
+        only those. Another account's task id reads as ``task_not_exist`` (new-api scopes a
+        task by its user), the answer a resumed batch gets when run with the wrong key.
+
+        Raises:
+            ValueError: ``key`` is empty or already accepted.
+        """
+        if not isinstance(key, str) or not key or key == self.api_key:
+            msg = f"key must be a new non-empty string, got {key!r}"
+            raise ValueError(msg)
+        if key in self._other_accounts:
+            msg = "that key is already another account's"
+            raise ValueError(msg)
+        self._other_accounts[key] = f"account-{len(self._other_accounts) + 2}"
+
+    def _account(self, request: web.Request) -> str:
+        """The account of a request that passed _auth_error."""
+        token = request.headers.get("Authorization", "").partition(" ")[2].strip()
+        return self._other_accounts.get(token, "")
+
     def rotate_key(self, new_key: str) -> None:
         """Accept ``new_key`` only, from now on: the old key gets 401 on every request.
 
@@ -932,6 +955,7 @@ class FakeGateway:
             return task_error(400, "fail_to_fetch_task", message)
         code = AFTER_UPSTREAM_CODES.get(fault) if fault is not None else None
         task = self._new_task(body, prompt, model, recorded=code is None)
+        task.account = self._account(request)
         if code is not None:
             return task_error(500, code, _AFTER_UPSTREAM_MESSAGES[code])
         answer: dict[str, Any] = {
@@ -965,7 +989,7 @@ class FakeGateway:
         if choice is not None and choice.fault is Fault.WRONG_SHAPE:
             return json_response(200, {"code": "success", "data": None}), "200"
         task = self._tasks.get(task_id)
-        if task is None:
+        if task is None or task.account != self._account(request):
             return task_error(400, "task_not_exist", "task_not_exist"), "400"
         dto = _distorted(task.dto(), None if choice is None else choice.fault)
         response = json_response(200, {"code": "success", "message": "", "data": dto})
@@ -981,7 +1005,11 @@ class FakeGateway:
         if not header:
             return middleware_error(401, "No token provided", request_id)
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or token.strip() != self.api_key:
+        if scheme.lower() != "bearer":
+            return middleware_error(401, "Invalid token", request_id)
+        if token.strip() in self._other_accounts:
+            return None
+        if token.strip() != self.api_key:
             return middleware_error(401, "Invalid token", request_id)
         if self._key_state == "revoked":
             return middleware_error(401, "This token has been disabled", request_id)

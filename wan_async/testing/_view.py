@@ -59,6 +59,9 @@ class GatewayTask:
     result_url: str | None = None
     video_url: str | None = None
     first_terminal_get: float | None = None
+    #: The account that submitted it ("" for :attr:`FakeGateway.api_key`'s): only that
+    #: account's keys see it.
+    account: str = ""
     #: Clock time of every GET naming this task, in order.
     get_times: list[float] = attrs.field(factory=list)
     #: Clock time of every refresh of this task (its ``updated_at`` before rounding).
