@@ -167,6 +167,36 @@ async def test_leaving_as_completed_early_stops_the_batch(
     assert (await client.generate(items(1)[0])).task_id
 
 
+async def test_break_out_of_a_kept_stream_stops_the_batch(
+    gateway: FakeGateway, client: WanClient
+) -> None:
+    """``break`` out of ``async for o in results`` with ``results`` kept in a variable stops
+    the batch too (an async generator would stay open and bill every item, PEP 525)."""
+    results = client.as_completed(items(20), max_in_flight=2)
+    async for _ in results:
+        break
+    await anyio.sleep(400 / gateway.clock.scale)  # four rounds of 90 s tasks, had it gone on
+    assert gateway.stats.tasks_created <= 4
+    rest = [o async for o in results]  # the rest, reported cut short
+    assert len(rest) == 19
+    assert all(isinstance(o.error, BatchAborted) for o in rest if not o.ok)
+    assert gateway.stats.tasks_created <= 4
+
+
+async def test_leaving_async_with_stops_the_batch(
+    gateway: FakeGateway, client: WanClient
+) -> None:
+    """The deterministic style: leaving ``async with client.as_completed(...)`` stops it,
+    whatever holds the stream; an exception in the loop goes through."""
+    with pytest.raises(LookupError):
+        async with client.as_completed(items(20), max_in_flight=2) as results:
+            async for _ in results:
+                raise LookupError
+    await anyio.sleep(400 / gateway.clock.scale)
+    assert gateway.stats.tasks_created <= 4
+    assert (await client.generate(items(1)[0])).task_id
+
+
 async def test_cancelling_the_caller_stops_the_batch(
     gateway: FakeGateway, client: WanClient
 ) -> None:

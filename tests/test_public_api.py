@@ -27,6 +27,7 @@ PUBLIC = [
     "ModelNotFoundError",
     "ModelRules",
     "Outcome",
+    "OutcomeStream",
     "PermissionDeniedError",
     "PollPolicy",
     "Problem",

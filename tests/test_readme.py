@@ -74,6 +74,30 @@ async def test_batch_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert len(list((tmp_path / "videos").glob("*.mp4"))) == 3
 
 
+async def test_as_completed_example_runs() -> None:
+    """The as_completed example stops its batch at the first failed item."""
+    code = python_block("yields the same outcomes as")
+    body = "async def example(requests, WanClient, print):\n" + textwrap.indent(code, "    ")
+    clock = ScaledClock(SCALE)
+    async with FakeGateway(clock=clock, slots=2, processing_time=fixed_processing(60)) as gw:
+        namespace: dict[str, Any] = {}
+        exec(compile(body, "README as_completed example", "exec"), namespace)
+        printed: list[tuple[Any, ...]] = []
+        client = functools.partial(
+            wan_async.WanClient,
+            api_key=gw.api_key,
+            base_url=gw.base_url,
+            clock=clock,
+            poll_policy=PollPolicy(refresh_period=gw.tick),
+        )
+        prompts = ["[fail] moderated", *(f"scene {i}" for i in range(30))]
+        requests = [VideoRequest(prompt=p, model="wan2.6-t2v") for p in prompts]
+        await namespace["example"](requests, client, lambda *a: printed.append(a))
+        await clock.sleep(600)
+    assert printed[-1][2] is False
+    assert gw.stats.tasks_created < 31
+
+
 def test_testing_example_passes_as_a_pytest_file(tmp_path: Path) -> None:
     """The "Testing your own code" example, saved as a test file, passes under plain pytest."""
     test_file = tmp_path / "test_readme_example.py"

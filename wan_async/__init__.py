@@ -42,6 +42,7 @@ from ._models import TaskCreated, TaskSnapshot, TaskStatus, Usage, VideoRequest,
 from ._retry import RetryPolicy
 from ._rules import MODEL_RULES, ModelRules
 from ._schedule import PollPolicy
+from ._stream import OutcomeStream
 from ._version import __version__
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "ModelNotFoundError",
     "ModelRules",
     "Outcome",
+    "OutcomeStream",
     "PermissionDeniedError",
     "PollPolicy",
     "Problem",

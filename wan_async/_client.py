@@ -9,7 +9,7 @@ import os
 import pathlib
 import random
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, TypeVar, overload
 from urllib.parse import quote
@@ -41,6 +41,7 @@ from ._ratelimit import RateBudget, RateStats
 from ._retry import RetryPolicy, call_with_retries
 from ._schedule import PollPolicy, duration_key
 from ._serde import created_from_wire, request_to_wire, snapshot_from_wire
+from ._stream import OutcomeStream
 from ._transport import Answer, Transport
 
 if TYPE_CHECKING:
@@ -340,7 +341,7 @@ class WanClient:
         """Stop calling a listener added with :meth:`add_status_listener`."""
         self._poller.remove_listener(listener)
 
-    async def as_completed(
+    def as_completed(
         self,
         requests: Iterable[VideoRequest],
         *,
@@ -350,7 +351,7 @@ class WanClient:
         fail_fast: bool = False,
         journal: str | os.PathLike[str] | None = None,
         download_dir: str | os.PathLike[str] | None = None,
-    ) -> AsyncIterator[Outcome]:
+    ) -> OutcomeStream:
         """Run a batch and yield each item's :class:`Outcome` as it ends.
 
         Args:
@@ -374,8 +375,37 @@ class WanClient:
 
         Every item yields exactly one outcome; items cut short by the deadline or a stop end
         with :class:`DeadlineExceeded` or :class:`BatchAborted`. Leaving the loop early stops
-        the batch.
+        the batch, also when the stream is kept in a variable; ``async with
+        client.as_completed(...) as outcomes:`` makes that deterministic on any Python (see
+        :class:`OutcomeStream`). The batch starts with the first iteration.
         """
+        stream = OutcomeStream()
+        stream._start(
+            self._as_completed(
+                stream,
+                requests,
+                max_in_flight=max_in_flight,
+                timeout=timeout,
+                deadline=deadline,
+                fail_fast=fail_fast,
+                journal=journal,
+                download_dir=download_dir,
+            )
+        )
+        return stream
+
+    async def _as_completed(
+        self,
+        stream: OutcomeStream,
+        requests: Iterable[VideoRequest],
+        *,
+        max_in_flight: int | None,
+        timeout: float | None,
+        deadline: float | None,
+        fail_fast: bool,
+        journal: str | os.PathLike[str] | None,
+        download_dir: str | os.PathLike[str] | None,
+    ) -> AsyncGenerator[Outcome, None]:
         task_group = self._running()
         items = _checked_requests(requests)
         save = await self._saver(download_dir) if download_dir is not None else None
@@ -399,23 +429,23 @@ class WanClient:
             fail_fast=fail_fast,
         )
         self._batches.add(batch)
-        poller.add_change_callback(admission.kick)
-        adaptive = poller.using_window() if max_in_flight is None else contextlib.nullcontext()
-        try:
-            with adaptive:
-                task_group.start_soon(self._serve_batch, batch)
-                # Closed explicitly, not left to the garbage collector, when the caller leaves.
-                async with contextlib.aclosing(batch.outcomes()) as outcomes:
-                    async for outcome in outcomes:
-                        yield outcome
-        finally:
-            poller.remove_change_callback(admission.kick)
+        stream._bind(batch.stop)
+        task_group.start_soon(self._serve_batch, batch, admission, max_in_flight is None)
+        # Closed explicitly, not left to the garbage collector, when the caller leaves.
+        async with contextlib.aclosing(batch.outcomes()) as outcomes:
+            async for outcome in outcomes:
+                yield outcome
 
-    async def _serve_batch(self, batch: Batch) -> None:
+    async def _serve_batch(self, batch: Batch, admission: Admission, adaptive: bool) -> None:
+        poller = self._poller
+        poller.add_change_callback(admission.kick)
+        window = poller.using_window() if adaptive else contextlib.nullcontext()
         async with self._service():
             try:
-                await batch.run()
+                with window:
+                    await batch.run()
             finally:
+                poller.remove_change_callback(admission.kick)
                 self._batches.discard(batch)
 
     async def _saver(self, folder: str | os.PathLike[str]) -> Save:

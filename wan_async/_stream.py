@@ -1,0 +1,89 @@
+"""What :meth:`WanClient.as_completed` returns: a batch's outcomes as they end.
+
+Leaving the loop stops the batch, however the caller holds the stream. A plain async
+generator cannot promise that: ``break`` out of ``async for o in agen`` with ``agen`` kept in
+a variable leaves the generator suspended and open (PEP 525), and the batch would go on
+submitting, and billing, every item. So each ``async for`` gets an iterator of its own, which
+only that loop holds: once the loop is left (``break``, ``return``, an exception) before the
+last outcome, the iterator is released and the batch is stopped at once. The deterministic
+way, on any Python implementation, is ``async with client.as_completed(...) as outcomes:``
+(or :meth:`OutcomeStream.aclose`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from types import TracebackType
+
+from ._batch import Outcome
+
+
+class OutcomeStream:
+    """The outcomes of a batch, each yielded as its item ends (see ``as_completed``).
+
+    Iterate it with ``async for``, best inside ``async with``. The batch starts with the first
+    iteration. Leaving a loop over it before the last outcome, leaving ``async with``, or
+    :meth:`aclose` stops the batch: items not ended yet are reported cut short (a task already
+    created keeps its id in the outcome), and no further item is submitted.
+    """
+
+    def __init__(self) -> None:
+        self._outcomes: AsyncGenerator[Outcome, None] | None = None
+        self._stop: Callable[[], None] | None = None
+        self._exhausted = False
+
+    def _start(self, outcomes: AsyncGenerator[Outcome, None]) -> None:
+        self._outcomes = outcomes
+
+    def _bind(self, stop: Callable[[], None]) -> None:
+        """Called by the batch once it runs: how to stop it without awaiting."""
+        self._stop = stop
+
+    def __aiter__(self) -> AsyncIterator[Outcome]:
+        return _Loop(self)
+
+    async def __anext__(self) -> Outcome:
+        assert self._outcomes is not None
+        try:
+            return await self._outcomes.__anext__()
+        except StopAsyncIteration:
+            self._exhausted = True
+            raise
+
+    async def aclose(self) -> None:
+        """Stop the batch (if it still runs) and wait until the stream is closed."""
+        if self._outcomes is not None:
+            await self._outcomes.aclose()
+
+    async def __aenter__(self) -> OutcomeStream:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _abandoned(self) -> None:
+        """A loop over the stream was left before the end: stop the batch."""
+        if not self._exhausted and self._stop is not None:
+            self._stop()
+
+
+class _Loop:
+    """The iterator of one ``async for`` over an :class:`OutcomeStream`; only that loop holds
+    it, so it is released as soon as the loop is left."""
+
+    def __init__(self, stream: OutcomeStream) -> None:
+        self._stream = stream
+
+    def __aiter__(self) -> _Loop:
+        return self
+
+    async def __anext__(self) -> Outcome:
+        return await self._stream.__anext__()
+
+    def __del__(self) -> None:
+        self._stream._abandoned()
