@@ -183,15 +183,17 @@ async def test_break_out_of_a_kept_stream_stops_the_batch(
     assert gateway.stats.tasks_created <= 4
 
 
-async def test_leaving_async_with_stops_the_batch(
-    gateway: FakeGateway, client: WanClient
-) -> None:
+async def test_leaving_async_with_stops_the_batch(gateway: FakeGateway, client: WanClient) -> None:
     """The deterministic style: leaving ``async with client.as_completed(...)`` stops it,
     whatever holds the stream; an exception in the loop goes through."""
-    with pytest.raises(LookupError):
+
+    async def read_one() -> None:
         async with client.as_completed(items(20), max_in_flight=2) as results:
             async for _ in results:
                 raise LookupError
+
+    with pytest.raises(LookupError):
+        await read_one()
     await anyio.sleep(400 / gateway.clock.scale)
     assert gateway.stats.tasks_created <= 4
     assert (await client.generate(items(1)[0])).task_id
