@@ -374,3 +374,25 @@ async def test_debug_logs_never_carry_the_key(
     records = [r for r in caplog.records if r.name.startswith("wan_async")]
     assert records
     assert all(gateway.api_key not in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("call", ["generate", "create_task"])
+async def test_a_caller_cancelled_while_its_submit_is_on_the_wire_is_told_the_task_id(
+    gateway: FakeGateway, call: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``asyncio.wait_for(client.generate(r), ...)`` firing mid-submit: the shielded POST still
+    creates (and bills) the task. A WARNING names its id, and the task stays attachable; for
+    generate(), the client keeps checking it, so attach() costs no submit and no lost video."""
+    async with make_client(gateway) as client:
+        gateway.inject(Fault.SLOW, on="submit", delay=0.3)
+        request = VideoRequest(prompt="cancelled caller", model="wan2.6-t2v")
+        with caplog.at_level(logging.WARNING, logger="wan_async"):
+            with anyio.move_on_after(0.05):
+                await getattr(client, call)(request)
+        (task,) = gateway.tasks()
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any(task.task_id in m and "attach" in m for m in warnings), warnings
+        handle = client.attach(task.task_id)
+        result = await handle
+    assert result.task_id == task.task_id
+    assert gateway.stats.tasks_created == 1

@@ -294,6 +294,8 @@ class WanClient:
         key = duration_key(request.model, request.size, request.duration)
         created_at = created.created_at.timestamp() if created.created_at else None
         self._poller.track(handle, key=key, submitted=(sent_mono, created_at))
+        if hooks is None:  # a batch reports its items' task ids itself
+            await _created_despite_cancel(created.task_id, tracked=True)
         return handle
 
     async def generate(self, request: VideoRequest, *, timeout: float | None = None) -> VideoResult:
@@ -556,6 +558,7 @@ class WanClient:
             WanError: any other failure, in which case no task was created.
         """
         created, _, _ = await self._create(request, None)
+        await _created_despite_cancel(created.task_id, tracked=False)
         return created
 
     async def _create(
@@ -733,6 +736,23 @@ def _checked_requests(requests: Iterable[VideoRequest]) -> list[VideoRequest]:
             msg = f"item {index} of the batch is a {type(item).__name__}, not a VideoRequest"
             raise TypeError(msg)
     return items
+
+
+async def _created_despite_cancel(task_id: str, *, tracked: bool) -> None:
+    """Deliver a cancellation that came while a submit was on the wire, saying which task
+    the submit created (it exists, and is billed, although its caller is gone)."""
+    try:
+        await anyio.lowlevel.checkpoint_if_cancelled()
+    except anyio.get_cancelled_exc_class():
+        logger.warning(
+            "task %s was created although its caller was cancelled while the submit was on "
+            "the wire; it runs and is billed: %s",
+            task_id,
+            "the client keeps checking it, attach(task_id) to collect it"
+            if tracked
+            else "attach(task_id) to collect it",
+        )
+        raise
 
 
 def _decoded(answer: Answer, path: str, method: str, parse: Callable[[object], _T]) -> _T:
