@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import random
 import time
+from collections.abc import Awaitable, Callable
 
 import anyio
 import pytest
@@ -168,3 +169,48 @@ def test_retry_after_header_forms() -> None:
     assert parse_retry_after("yesterday") is None
     assert parse_retry_after(None) is None
     assert parse_retry_after("-5") == 0.0
+
+
+async def _within(seconds: float, call: Callable[[], Awaitable[object]]) -> object:
+    """Run ``call`` with no deadline of its own; fail the test if it takes longer than
+    ``seconds`` (real time) to end, whatever way it ends."""
+    outcome: list[object] = []
+
+    async def run() -> None:
+        try:
+            outcome.append(await call())
+        except Exception as exc:
+            outcome.append(exc)
+        tg.cancel_scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(run)
+        await anyio.sleep(seconds)
+        tg.cancel_scope.cancel()
+    assert outcome, f"still running after {seconds} s"
+    return outcome[0]
+
+
+async def test_a_retry_after_beyond_the_policy_maximum_is_raised_not_waited(
+    gateway: FakeGateway,
+) -> None:
+    """``Retry-After: 86400`` from a proxy: the error is raised at once (it was obeyed: "retry
+    1/4 in 86400.0s"), with no deadline set by the caller."""
+    gateway.inject(Fault.RATE_LIMIT_RETRY_AFTER, on="submit", retry_after=86400)
+    async with make_client(gateway, retry=RetryPolicy(maximum=60)) as client:
+        error = await _within(2.0, lambda: client.create_task(REQUEST))
+    assert isinstance(error, RateLimitedError)
+    assert error.retry_after == 86400
+    assert gateway.stats.tasks_created == 0
+
+
+async def test_a_status_check_told_to_wait_a_day_comes_back_within_its_backoff(
+    gateway: FakeGateway,
+) -> None:
+    """The poller caps a 429's Retry-After at its longest back-off: a day's pause of one
+    task's checks would hold its video back for a day."""
+    async with make_client(gateway) as client:
+        handle = await client.submit(REQUEST)
+        gateway.inject(Fault.RATE_LIMIT_RETRY_AFTER, on="get", retry_after=86400)
+        result = await _within(3.0, lambda: handle.wait())
+    assert not isinstance(result, Exception), result

@@ -460,7 +460,8 @@ class Poller:
             # Not the task's fault: the budget hears of it (from the client) and slows down if
             # such answers grow common; this task keeps its place, a little later.
             self._rate_limited += 1
-            wait = max(exc.retry_after or 0.0, self._backoff()[0])
+            first, longest = self._backoff()
+            wait = max(min(exc.retry_after or 0.0, longest), first)  # never a day's pause
             logger.debug("poll of %s rate-limited; next in %.2fs", task_id, wait)
             self._reschedule(watch, self._clock.monotonic() + wait)
         except _CLIENT_WIDE as exc:

@@ -32,8 +32,10 @@ class RetryPolicy:
     """How often, and after how long, a failed request is tried again.
 
     Delays are exponential (``initial * multiplier ** n``, at most ``maximum``) with jitter,
-    in clock seconds; a ``Retry-After`` header, when sent, is honoured instead. A retry whose
-    wait would pass the caller's deadline is not attempted: the error is raised at once.
+    in clock seconds; a ``Retry-After`` header, when sent, is honoured instead, up to
+    ``maximum``: a server asking for longer gets its error raised at once (a proxy's
+    ``Retry-After: 86400`` must not hang a caller for a day). A retry whose wait would pass
+    the caller's deadline is not attempted either.
 
     Args:
         attempts: tries in all, the first included (1 disables retries). Answers of a rate
@@ -42,7 +44,7 @@ class RetryPolicy:
             say "slower", not "failed", and the request budget spaces the tries out as such
             answers grow common.
         initial: the first delay.
-        maximum: the longest delay.
+        maximum: the longest delay, and the longest ``Retry-After`` obeyed.
         multiplier: growth of the delay per attempt.
         wait: ``False`` retries at once: for tests (see :meth:`no_wait`).
     """
@@ -118,6 +120,16 @@ async def call_with_retries(
             if spent or not should_retry(exc, submit=submit):
                 raise
             retry_after = exc.retry_after if isinstance(exc, APIError) else None
+            if policy.wait and retry_after is not None and retry_after > policy.maximum:
+                logger.info(
+                    "%s failed (%s); the server asks to wait %.0fs, more than the retry "
+                    "policy's maximum of %.0fs: not retried",
+                    what,
+                    exc,
+                    retry_after,
+                    policy.maximum,
+                )
+                raise
             delay = policy.delay(attempt, retry_after=retry_after, rng=rng)
             left = anyio.current_effective_deadline() - anyio.current_time()
             if not math.isinf(left) and delay / clock.scale >= left:
