@@ -396,3 +396,44 @@ async def test_a_caller_cancelled_while_its_submit_is_on_the_wire_is_told_the_ta
         result = await handle
     assert result.task_id == task.task_id
     assert gateway.stats.tasks_created == 1
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_requests_per_second": 0},
+        {"max_requests_per_second": -1},
+        {"max_requests_per_second": float("nan")},
+        {"max_requests_per_second": float("inf")},
+        {"max_in_flight": 0},
+        {"max_concurrent_submits": 1.5},
+        {"max_concurrent_downloads": 0},
+    ],
+)
+async def test_unusable_settings_are_refused_when_the_client_is_made(
+    gateway: FakeGateway, options: dict[str, object]
+) -> None:
+    """A rate of 0 divided by zero in the budget (the poller died); a negative one busy-spun."""
+    (name,) = options
+    with pytest.raises(ValueError, match=name):
+        make_client(gateway, **options)
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), -1.0])
+async def test_a_nan_or_negative_timeout_is_refused_before_anything_is_billed(
+    client: WanClient, gateway: FakeGateway, timeout: float
+) -> None:
+    """``timeout=nan`` was taken as 0: every item billed, then DeadlineExceeded "within nan s"."""
+    request = VideoRequest(prompt="a boat", model="wan2.6-t2v")
+    with pytest.raises(ValueError, match="timeout"):
+        await client.generate(request, timeout=timeout)
+    with pytest.raises(ValueError, match="timeout"):
+        await client.generate_many([request] * 3, timeout=timeout)
+    with pytest.raises(ValueError, match="deadline"):
+        await client.generate_many([request] * 3, deadline=timeout)
+    with pytest.raises(ValueError, match="timeout"):
+        client.as_completed([request], timeout=timeout)
+    assert gateway.stats.tasks_created == 0
+    handle = await client.submit(request)
+    with pytest.raises(ValueError, match="timeout"):
+        await handle.wait(timeout)

@@ -23,7 +23,14 @@ from anyio.abc import TaskStatus as AnyioTaskStatus
 from ._admission import Admission
 from ._batch import Batch, Outcome, Save, SubmitHooks
 from ._clock import Clock, SystemClock
-from ._config import Timeouts, resolve_api_key, resolve_base_url
+from ._config import (
+    Timeouts,
+    check_count,
+    check_rate,
+    check_seconds,
+    resolve_api_key,
+    resolve_base_url,
+)
 from ._download import download
 from ._exceptions import (
     APIError,
@@ -117,9 +124,10 @@ class WanClient:
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen
         max_concurrent_downloads: int = 4,
     ) -> None:
-        if max_concurrent_submits < 1 or max_in_flight < 1:
-            msg = "max_concurrent_submits and max_in_flight must be at least 1"
-            raise ValueError(msg)
+        check_count("max_concurrent_submits", max_concurrent_submits)
+        check_count("max_in_flight", max_in_flight)
+        check_count("max_concurrent_downloads", max_concurrent_downloads)
+        check_rate("max_requests_per_second", max_requests_per_second)
         self.base_url = resolve_base_url(base_url, allow_insecure_http=allow_insecure_http)
         self.clock: Clock = clock or SystemClock()
         self.max_in_flight = max_in_flight
@@ -309,6 +317,7 @@ class WanClient:
             TimeoutError: the timeout passed (the task goes on; attach to collect it).
             WanError: as :meth:`submit`.
         """
+        check_seconds("timeout", timeout)  # before anything is billed
         handle = await self.submit(request)
         return await handle.wait(timeout)
 
@@ -381,6 +390,10 @@ class WanClient:
         client.as_completed(...) as outcomes:`` makes that deterministic on any Python (see
         :class:`OutcomeStream`). The batch starts with the first iteration.
         """
+        check_seconds("timeout", timeout)
+        check_seconds("deadline", deadline)
+        if max_in_flight is not None:
+            check_count("max_in_flight", max_in_flight)
         stream = OutcomeStream()
         stream._start(
             self._as_completed(
@@ -667,6 +680,7 @@ class WanClient:
             ValueError: not an http(s) URL, or no safe file name for a directory.
         """
         self._check_open()
+        check_seconds("timeout", timeout)
         return await download(
             result,
             path,

@@ -25,6 +25,55 @@ def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: 
         raise ValueError(msg)
 
 
+def check_seconds(name: str, value: object) -> float | None:
+    """``value`` as clock seconds to wait (``None``: no limit; ``inf`` is no limit too).
+
+    Raises:
+        ValueError: not a number, NaN (every comparison with it is false: taken as 0, it
+            billed a batch then timed every item out "within nan s"), or negative.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        msg = f"{name} must be a number of seconds, 0 or more, or None; got {value!r}"
+        raise ValueError(msg)
+    return float(value)
+
+
+def check_count(name: str, value: object) -> int:
+    """``value`` as a whole number, at least 1.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        msg = f"{name} must be a whole number, at least 1; got {value!r}"
+        raise ValueError(msg)
+    return value
+
+
+def check_rate(name: str, value: object) -> float | None:
+    """``value`` as requests per second (``None``: no cap).
+
+    Raises:
+        ValueError: not a positive, finite number (0 divided by zero in the budget and a
+            negative rate busy-spun).
+    """
+    if value is None:
+        return None
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not 0 < value < float("inf")
+    ):
+        msg = (
+            f"{name} must be a positive, finite number of requests per second or None; "
+            f"got {value!r}"
+        )
+        raise ValueError(msg)
+    return float(value)
+
+
 @attrs.frozen(kw_only=True)
 class Timeouts:
     """How long one HTTP exchange with the gateway may take, in real seconds.

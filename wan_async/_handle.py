@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ._clock import Clock
+from ._config import check_seconds
 from ._exceptions import DeadlineExceeded, WanError, reraise
 from ._models import TaskSnapshot, TaskStatus, VideoRequest, VideoResult
 
@@ -99,6 +100,7 @@ class TaskHandle:
             timeout: clock seconds to wait at most; the task stays tracked after a timeout.
 
         Raises:
+            ValueError: ``timeout`` is NaN or negative.
             DeadlineExceeded: (also a ``TimeoutError``) the timeout passed first; it names the
                 task and its last status, and the task stays tracked.
             TaskFailed: the task ended in FAILURE.
@@ -108,10 +110,11 @@ class TaskHandle:
                 :class:`~wan_async.PollPolicy`): a rejected key, a refused query, a gateway
                 that stayed unreachable.
         """
+        timeout = check_seconds("timeout", timeout)
         if timeout is None:
             await self._done.wait()
         else:
-            with anyio.move_on_after(max(0.0, timeout) / self._clock.scale):
+            with anyio.move_on_after(timeout / self._clock.scale):
                 await self._done.wait()
             if not self._done.is_set():
                 raise self._timed_out(timeout)
