@@ -9,6 +9,7 @@ import os
 import pathlib
 import random
 import re
+import reprlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, TypeVar, overload
@@ -769,17 +770,23 @@ async def _created_despite_cancel(task_id: str, *, tracked: bool) -> None:
         raise
 
 
+#: Shows an answer's start, however deeply it nests.
+_SNIPPET = reprlib.Repr()
+_SNIPPET.maxlevel = 4
+_SNIPPET.maxstring = 200
+
+
 def _decoded(answer: Answer, path: str, method: str, parse: Callable[[object], _T]) -> _T:
     try:
         return parse(answer.body)
-    except ValueError as exc:
+    except Exception as exc:  # whatever the server sent: RecursionError, OverflowError...
         raise DecodeError(
             method=method,
             path=path,
             status=answer.status,
-            message=str(exc),
+            message=f"{type(exc).__name__}: {exc}"[:500],
             request_id=answer.request_id,
-            snippet=repr(answer.body)[:200],
+            snippet=_SNIPPET.repr(answer.body)[:200],
             task_may_exist=method == "POST",
             hint="the answer's JSON is not shaped like the API's",
         ) from None

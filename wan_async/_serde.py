@@ -7,6 +7,7 @@ extra keys, then flattened into a public :class:`~wan_async.TaskSnapshot`.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from datetime import datetime, timezone
@@ -146,10 +147,12 @@ converter.register_structure_hook(TaskStatus, _status)
 
 
 def _opt_float(value: str | None) -> float | None:
+    """A finite number, else None: usage figures are informational, never worth an error."""
     try:
-        return float(value) if value is not None else None
+        number = float(value) if value is not None else None
     except ValueError:
         return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 _FULL_REASON = re.compile(r"code:\s*(?P<code>[^,]*?)\s*,\s*message:\s*(?P<message>.*)$", re.S)

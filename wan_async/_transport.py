@@ -65,6 +65,8 @@ _REQUEST_ID_HEADERS = ("X-Oneapi-Request-Id", "X-Request-Id")
 _STORAGE_REQUEST_ID_HEADERS = ("x-oss-request-id", "x-amz-request-id", *_REQUEST_ID_HEADERS)
 #: Enough of a storage error body to find the XML's <Code> and <Message>.
 _ERROR_BODY_LIMIT = 4096
+#: The largest gateway answer read (decompressed); the API's are a few KiB.
+MAX_ANSWER_BYTES = 4 * 2**20
 _XML_FIELD = {
     name: re.compile(rf"<{name}>([^<]{{0,300}})</{name}>") for name in ("Code", "Message")
 }
@@ -214,7 +216,7 @@ class Transport:
                 allow_redirects=False,
                 trace_request_ctx=sent,
             ) as response:
-                raw = await response.read()
+                raw = await _read_at_most(response, MAX_ANSWER_BYTES)
                 status = response.status
                 headers = response.headers
         except aiohttp.ConnectionTimeoutError:
@@ -263,6 +265,16 @@ class Transport:
             ) from None
         elapsed = time.monotonic() - started
         request_id = _header_request_id(headers)
+        if raw is None:
+            raise DecodeError(
+                method=method,
+                path=path,
+                status=status,
+                request_id=request_id,
+                task_may_exist=method == "POST",
+                hint=f"the answer is larger than the API ever sends "
+                f"({MAX_ANSWER_BYTES // 2**20} MiB, decompressed): not read",
+            )
         logger.debug(
             "%s %s -> %d in %.3fs (request id %s)", method, path, status, elapsed, request_id
         )
@@ -461,6 +473,23 @@ def _storage_hint(status: int) -> str:
     return "the storage host refused the download"
 
 
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The whole (decompressed) body, or None once it proves longer than ``limit`` bytes (the
+    rest is never read: the connection is dropped, not drained)."""
+    if response.content_length is not None and response.content_length > limit:
+        response.close()
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            response.close()
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _decode(
     method: str,
     path: str,
@@ -472,7 +501,7 @@ def _decode(
     snippet = raw[:_SNIPPET].decode("utf-8", "replace")
     try:
         parsed: Any = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python goes
         parsed = _NOT_JSON
     if 200 <= status < 300:
         if parsed is _NOT_JSON or not isinstance(parsed, dict):
