@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -406,3 +407,24 @@ async def test_wait_on_a_gateway_that_stays_down_exits_5(
     err = capsys.readouterr().err
     assert created.task_id in err
     assert "could not be checked" in err
+
+
+def test_the_journal_and_results_are_readable_by_their_owner_only(
+    prompts: Path, tmp_path: Path
+) -> None:
+    """They hold signed video URLs (a bearer credential for 24 h): created 0600 whatever the
+    umask (they were 0644), and a results file rewritten stays so."""
+    out = tmp_path / "videos"
+    journal = tmp_path / "batch.journal"
+    journal.touch(mode=0o644)  # one an older version created
+    args = ("batch", "--simulate", str(prompts), "--out-dir", str(out), "--time-scale", "300")
+    previous = os.umask(0o022)
+    try:
+        run_cli(*args, "--journal", str(journal), "--api-key", KEY, cwd=tmp_path)
+        results_file = out / "results.jsonl"
+        assert results(results_file)
+        modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (journal, results_file)}
+    finally:
+        os.umask(previous)
+    assert modes == {"batch.journal": 0o600, "results.jsonl": 0o600}
+    assert not list(out.glob(".*.tmp"))

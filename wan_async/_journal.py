@@ -50,6 +50,7 @@ except ImportError:
 import attrs
 
 from ._exceptions import JournalError, TaskFailed, TaskNotFound
+from ._files import open_private_append
 from ._models import VideoRequest, VideoResult
 from ._serde import request_to_wire
 
@@ -107,7 +108,7 @@ class Journal:
     def _open_sync(cls, path: Path, fingerprints: list[str]) -> Journal:
         states = [ItemState(fingerprint=fp) for fp in fingerprints]
         try:
-            file = path.open("a+b")
+            file = open_private_append(path)
         except OSError as exc:
             msg = (
                 f"cannot open the journal {str(path)!r}: {exc.strerror or exc}; "

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -32,6 +31,7 @@ from .._exceptions import (
     TaskNotFound,
     WanError,
 )
+from .._files import replace_private
 from .._handle import TaskHandle
 from .._journal import recorded_submits
 from .._models import TaskSnapshot, TaskStatus, VideoResult
@@ -404,12 +404,11 @@ def status_of(error: BaseException) -> str:
 
 
 def write_results(path: Path, rows: Sequence[Row]) -> None:
-    """Write one JSON line per item, replacing the file at once (never half-written)."""
-    temporary = path.with_name(f".{path.name}.tmp")
+    """Write one JSON line per item, replacing the file at once (never half-written), readable
+    by its owner only."""
     text = "".join(json.dumps(attrs.asdict(row), ensure_ascii=False) + "\n" for row in rows)
     try:
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
+        replace_private(path, text)  # 0600: it holds signed video URLs
     except OSError as exc:
         msg = f"cannot write the results file {path}: {exc.strerror or exc}"
         raise CLIError(msg, code=ExitCode.API) from None
