@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 
 import anyio
 import pytest
@@ -275,3 +276,37 @@ async def test_overdue_checks_of_tasks_past_their_usual_end_free_window_room() -
             for h in handles:
                 await h
             assert poller.in_flight() == 0
+
+
+async def test_a_coroutine_listener_is_refused(client: WanClient) -> None:
+    """An async listener was accepted and never awaited (so it never ran)."""
+
+    async def listener(handle: TaskHandle, snap: TaskSnapshot) -> None:
+        pass
+
+    class Listener:
+        async def __call__(self, handle: TaskHandle, snap: TaskSnapshot) -> None:
+            pass
+
+    with pytest.raises(TypeError, match="coroutine function"):
+        client.add_status_listener(listener)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="coroutine function"):
+        client.add_status_listener(Listener())  # type: ignore[arg-type]
+
+
+async def test_a_listener_returning_an_awaitable_is_removed_and_reported(
+    client: WanClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A plain function returning a coroutine (a lambda around an async function): the
+    coroutine is closed (no "never awaited" warning), the listener removed, the poller goes on."""
+    seen: list[str] = []
+
+    async def work(snap: TaskSnapshot) -> None:
+        seen.append(snap.raw_status)
+
+    client.add_status_listener(lambda handle, snap: work(snap))  # type: ignore[arg-type,return-value]
+    with caplog.at_level(logging.ERROR, logger="wan_async"):
+        result = await client.generate(request(0))
+    assert result.task_id
+    assert seen == []
+    assert sum("returned an awaitable" in r.getMessage() for r in caplog.records) == 1

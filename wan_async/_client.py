@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import inspect
 import logging
 import os
 import pathlib
@@ -345,8 +346,21 @@ class WanClient:
     def add_status_listener(self, listener: StatusListener) -> None:
         """Call ``listener(handle, snapshot)`` on every status change the poller sees.
 
-        The listener runs on the poller's own path: keep it quick and non-blocking.
+        The listener runs on the poller's own path: keep it quick and non-blocking (to do
+        async work, hand the change to your own task, e.g. through an anyio memory stream).
+
+        Raises:
+            TypeError: ``listener`` is a coroutine function: nothing would await it.
         """
+        if inspect.iscoroutinefunction(listener) or inspect.iscoroutinefunction(
+            getattr(listener, "__call__", None)  # noqa: B004 - an async __call__
+        ):
+            msg = (
+                f"status listeners are called, not awaited; {listener!r} is a coroutine "
+                "function. Pass a plain function that hands the change to a task of yours "
+                "(e.g. send it on an anyio memory object stream)"
+            )
+            raise TypeError(msg)
         self._poller.add_listener(listener)
 
     def remove_status_listener(self, listener: StatusListener) -> None:

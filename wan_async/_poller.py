@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import inspect
 import logging
 import math
 import random
@@ -560,7 +561,17 @@ class Poller:
             logger.debug("task %s is %s", task_id, snapshot.raw_status)
             for listener in list(self._listeners):
                 try:
-                    listener(handle, snapshot)
+                    returned: object = listener(handle, snapshot)
+                    if inspect.isawaitable(returned):
+                        # A coroutine nothing awaits: close it, and say so once per listener.
+                        if inspect.iscoroutine(returned):
+                            returned.close()
+                        self.remove_listener(listener)
+                        logger.error(
+                            "status listener %r returned an awaitable, which is never awaited;"
+                            " it is removed (listeners must be plain functions)",
+                            listener,
+                        )
                 except Exception:
                     # A listener's bug must not stop the poller every other task depends on.
                     logger.exception("status listener %r failed; the poller goes on", listener)
