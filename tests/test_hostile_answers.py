@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
@@ -17,8 +19,10 @@ from wan_async import (
     DecodeError,
     RetryPolicy,
     SubmitOutcomeUnknown,
+    Timeouts,
     VideoRequest,
     WanClient,
+    WanTimeoutError,
 )
 from wan_async._transport import MAX_ANSWER_BYTES
 
@@ -114,3 +118,56 @@ async def test_an_answer_larger_than_the_api_sends_is_not_read(huge: TestServer)
         with pytest.raises(SubmitOutcomeUnknown):
             await client.create_task(REQUEST)
     assert len(HUGE_GZIPPED) < MAX_ANSWER_BYTES < 64 * 2**20
+
+
+@pytest.fixture
+async def trickle() -> AsyncIterator[TestServer]:
+    """A storage host that declares 1 MiB and sends one byte every 20 ms, inside any read
+    timeout, for ever."""
+
+    async def video(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Length": str(2**20)})
+        await response.prepare(request)
+        while True:
+            await response.write(b"x")
+            await asyncio.sleep(0.02)
+
+    app = web.Application()
+    app.router.add_get("/videos/{name}", video)
+    async with TestServer(app, host="127.0.0.1") as server:
+        yield server
+
+
+async def test_a_download_that_trickles_fails_and_frees_its_slot(
+    trickle: TestServer, tmp_path: Path
+) -> None:
+    """One byte a second within the read timeout never ended and held its slot. Below the
+    slowest tolerated pace it fails as a timeout, is retried, then raised; nothing is saved."""
+    timeouts = Timeouts(download_min_rate=1000, download_window=0.3)
+    url = str(trickle.make_url("/videos/v.mp4"))
+    async with client_for(
+        trickle,
+        timeouts=timeouts,
+        retry=RetryPolicy.no_wait(attempts=2),
+        max_concurrent_downloads=1,
+    ) as client:
+        error = await _within(5.0, lambda: client.download(url, tmp_path / "v.mp4"))
+        assert isinstance(error, WanTimeoutError), error
+        assert "slower than Timeouts.download_min_rate" in str(error)
+        again = await _within(5.0, lambda: client.download(url, tmp_path / "w.mp4"))
+        assert isinstance(again, WanTimeoutError)  # the slot was given back
+    assert files(tmp_path) == []
+
+
+def files(folder: Path) -> list[Path]:
+    """What ``folder`` holds."""
+    return list(folder.iterdir())
+
+
+async def _within(seconds: float, call: Callable[[], Awaitable[object]]) -> object:
+    """The result or exception of ``call``, which must end within ``seconds`` real seconds."""
+    with anyio.fail_after(seconds):
+        try:
+            return await call()
+        except Exception as exc:
+            return exc

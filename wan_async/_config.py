@@ -88,6 +88,13 @@ class Timeouts:
     read: float | None = attrs.field(default=60.0, validator=_positive_or_none)
     #: The whole exchange.
     total: float | None = attrs.field(default=120.0, validator=_positive_or_none)
+    #: A video download's slowest tolerated pace, in bytes per second averaged over
+    #: ``download_window``: a storage host that trickles a byte at a time inside the read
+    #: timeout would otherwise hold the download (and its slot) for ever. A download this slow
+    #: fails as a timeout (and is retried by the retry policy). ``None`` for no limit.
+    download_min_rate: float | None = attrs.field(default=16 * 1024, validator=_positive_or_none)
+    #: Seconds over which ``download_min_rate`` is measured.
+    download_window: float = attrs.field(default=30.0, validator=_positive_or_none)
 
 
 class Secret:

@@ -144,6 +144,7 @@ class Transport:
     ) -> None:
         self._base_url = base_url
         self._api_key = api_key
+        self._min_rate = (timeouts.download_min_rate, timeouts.download_window)
         # ``connect`` bounds everything before the request is written (a pooled connection,
         # DNS, the TCP and TLS handshakes): it fails as ConnectionTimeoutError, which proves
         # nothing was sent, before ``total`` could fire and leave that in doubt.
@@ -330,7 +331,7 @@ class Transport:
                 with _translated(shown):
                     raw = await response.content.read(_ERROR_BODY_LIMIT)
                 raise _storage_error(shown, response.status, raw, response.headers, request_id)
-            yield Stream(response, shown)
+            yield Stream(response, shown, min_rate=self._min_rate)
         finally:
             # Hands a fully read connection back to the pool and closes one cut short.
             response.release()
@@ -375,8 +376,17 @@ _SENT_TRACE = _sent_trace()
 class Stream:
     """A 2xx answer from the storage host whose body is being read, chunk by chunk."""
 
-    def __init__(self, response: aiohttp.ClientResponse, shown: str) -> None:
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        shown: str,
+        *,
+        min_rate: tuple[float | None, float] = (None, 30.0),
+    ) -> None:
         self._response = response
+        self._rate, self._window = min_rate
+        self._window_start = time.monotonic()
+        self._window_bytes = 0
         #: The URL as it may be shown: ``scheme://host/path``, never the signature.
         self.url = shown
         self.status = response.status
@@ -400,7 +410,28 @@ class Stream:
             WanTimeoutError: no data arrived within the read timeout.
         """
         with _translated(self.url):
-            return await self._response.content.read(size)
+            chunk = await self._response.content.read(size)
+        self._paced(len(chunk))
+        return chunk
+
+    def _paced(self, received: int) -> None:
+        """Fail a body that comes slower than the slowest pace tolerated, per window."""
+        if self._rate is None:
+            return
+        self._window_bytes += received
+        now = time.monotonic()
+        elapsed = now - self._window_start
+        if elapsed < self._window:
+            return
+        if self._window_bytes < self._rate * elapsed:
+            _raise_transport(
+                WanTimeoutError,
+                f"the download came at {self._window_bytes / elapsed:.0f} bytes/s over "
+                f"{elapsed:.0f} s, slower than Timeouts.download_min_rate "
+                f"({self._rate:.0f} bytes/s)",
+                self.url,
+            )
+        self._window_start, self._window_bytes = now, 0
 
 
 def redact_url(url: str) -> str:
