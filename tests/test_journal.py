@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import sys
 import time
 from pathlib import Path
 
@@ -257,3 +259,33 @@ async def test_a_not_found_answer_past_the_task_lifetime_is_final(tmp_path: Path
             again = await client.generate_many(requests, return_outcomes=True, journal=journal)
         assert sum(gw.stats.gets_per_task.values()) == gets
     assert [type(o.error) for o in first + again] == [TaskNotFound] * 4
+
+
+async def test_a_full_disk_stops_the_batch_with_journal_error_and_touches_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """A real file-size limit on the journal's process: the failed writes leave lines
+    buffered, and closing the file fails too. That OSError escaped into the client's task
+    group (every item and an unrelated task ended ClientClosedError, and leaving ``async
+    with`` raised an ExceptionGroup); the batch now raises JournalError, nothing else."""
+    journal = tmp_path / "batch.jsonl"
+    clock = ScaledClock(300)
+    async with FakeGateway(clock=clock, slots=40, processing_time=fixed_processing(60.0)) as gw:
+        done = await anyio.run_process(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("_full_disk_worker.py")),
+                gw.base_url,
+                str(clock.scale),
+                repr(clock.epoch),
+                repr(clock.origin),
+                str(journal),
+            ],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr.decode()
+    report = json.loads(done.stdout.decode().splitlines()[-1])
+    assert str(report["raised"]).startswith("JournalError: cannot write the journal")
+    assert report["unrelated"] is True
+    assert report["closed_cleanly"] is True

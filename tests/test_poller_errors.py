@@ -11,6 +11,7 @@ import pytest
 from wan_async import (
     AuthenticationError,
     BadRequestError,
+    PermissionDeniedError,
     PollPolicy,
     StatusUnavailable,
     TaskNotFound,
@@ -119,3 +120,50 @@ async def test_a_task_whose_check_failed_is_not_starved_by_a_saturated_budget() 
     others = statistics.median(c for t, c in counts.items() if t != failed)
     assert others >= 4
     assert counts[failed] >= others / 2
+
+
+async def test_a_firewall_403_for_one_task_fails_that_task_only(gateway: FakeGateway) -> None:
+    """A WAF's HTML 403 for one id (not the gateway's JSON) failed five healthy tasks with
+    PermissionDeniedError; it now fails the task it answered, and the others end well."""
+    async with make_client(gateway) as client:
+        handles = [await client.submit(request(i)) for i in range(6)]
+        blocked = handles[0].task_id
+        gateway.inject(Fault.FORBIDDEN_HTML, on="get", times=None, task_id=blocked)
+        with pytest.raises(PermissionDeniedError):
+            await handles[0]
+        results = [await h for h in handles[1:]]
+    assert len(results) == 5
+
+
+async def test_a_firewall_403_on_two_tasks_is_the_clients_trouble(gateway: FakeGateway) -> None:
+    """The same refusal for a second task shows it is not about one id: every task fails."""
+    async with make_client(gateway) as client:
+        handles = [await client.submit(request(i)) for i in range(6)]
+        gateway.inject(Fault.FORBIDDEN_HTML, on="get", times=None)
+        for h in handles:
+            with pytest.raises(PermissionDeniedError):
+                await h
+
+
+async def test_the_gateways_own_403_fails_every_task_at_once(gateway: FakeGateway) -> None:
+    """The gateway's JSON 403 (the key is restricted) refuses every check: one is enough."""
+    async with make_client(gateway) as client:
+        handles = [await client.submit(request(i)) for i in range(4)]
+        gateway.forbid_key()
+        for h in handles:
+            with pytest.raises(PermissionDeniedError):
+                await h
+    assert gateway.stats.outcomes("get")["403"] <= 4
+
+
+@pytest.mark.parametrize("task_id", [".", "..", "", " "])
+async def test_a_task_id_that_is_not_one_path_segment_is_refused(
+    gateway: FakeGateway, task_id: str
+) -> None:
+    """``attach("..")`` was sent as ``GET /v1/video/`` with the key."""
+    async with make_client(gateway) as client:
+        with pytest.raises(ValueError, match="task_id"):
+            client.attach(task_id)
+        with pytest.raises(ValueError, match="task_id"):
+            await client.get_task(task_id)
+    assert gateway.stats.outcomes("get") == {}

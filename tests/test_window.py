@@ -446,21 +446,3 @@ def test_the_first_waits_set_the_patience_at_once() -> None:
     for i in range(4):
         window.seen(i, at=155.0, started=60.0)
     assert window.eager
-
-
-def test_slow_start_doubles_per_round_although_tasks_run_for_several_rounds() -> None:
-    """Each round of checks sees only the newest tasks start (the others still run): one more
-    per start alone grew the window by the first round's size per round (8, 16, 24, 32: a
-    60-prompt batch on a 15 s loop took a period longer than submitting all at once)."""
-    est = WindowEstimator(initial=8, period=lambda: 15.0)
-    running = 0
-    limits = []
-    for round_ in range(3):
-        at = 15.0 * round_
-        while running < est.limit:
-            est.submitted(running, at=at)
-            running += 1
-        for task in range(running):  # all seen running, none waiting: upstream has room
-            est.seen(task, at=at + 14, started=at + 1 if task >= running // 2 else 1.0)
-        limits.append(est.limit)
-    assert limits == [16, 32, 64]

@@ -330,12 +330,10 @@ class WanClient:
         same handle, at no request.
 
         Raises:
-            ValueError: the id is empty.
+            ValueError: the id is not one path segment (empty, blank, ``.`` or ``..``).
         """
         self._running()
-        if not isinstance(task_id, str) or not task_id.strip():
-            msg = f"task_id must be a non-empty string, got {task_id!r}"
-            raise ValueError(msg)
+        _checked_task_id(task_id)
         existing = self._poller.get(task_id)
         if existing is not None:
             return existing
@@ -710,10 +708,7 @@ class WanClient:
 
     async def _get_once(self, task_id: str) -> TaskSnapshot:
         self._check_open()
-        if not isinstance(task_id, str) or not task_id.strip():
-            msg = f"task_id must be a non-empty string, got {task_id!r}"
-            raise ValueError(msg)
-        path = f"{SUBMIT_PATH}/{quote(task_id, safe='')}"
+        path = f"{SUBMIT_PATH}/{quote(_checked_task_id(task_id), safe='')}"
         answer = await self._answered(self._transport.request("GET", path))
         return _decoded(answer, path, "GET", snapshot_from_wire)
 
@@ -765,6 +760,18 @@ def _checked_requests(requests: Iterable[VideoRequest]) -> list[VideoRequest]:
             msg = f"item {index} of the batch is a {type(item).__name__}, not a VideoRequest"
             raise TypeError(msg)
     return items
+
+
+def _checked_task_id(task_id: object) -> str:
+    """A task id fit to be the last segment of the status path.
+
+    Any text is quoted into one segment (``/`` included), but ``.`` and ``..`` would be
+    resolved away: ``attach("..")`` was sent as ``GET /v1/video/`` with the key.
+    """
+    if not isinstance(task_id, str) or not task_id.strip() or task_id in (".", ".."):
+        msg = f"task_id must be a non-empty string and not '.' or '..', got {task_id!r}"
+        raise ValueError(msg)
+    return task_id
 
 
 async def _created_despite_cancel(task_id: str, *, tracked: bool) -> None:

@@ -125,6 +125,11 @@ class ScaledClock:
         epoch = self._epoch + _finite("seconds", seconds)
         return ScaledClock(self._scale, epoch=epoch, origin=self._real_origin)
 
+    def step(self, seconds: float) -> None:
+        """Step this clock's wall time by ``seconds`` (back if negative), as NTP or a restored
+        VM does: :meth:`time` jumps, :meth:`monotonic` and sleeps go on undisturbed."""
+        self._epoch += _finite("seconds", seconds)
+
     def __repr__(self) -> str:
         return f"ScaledClock(scale={self._scale:g})"
 

@@ -231,7 +231,16 @@ class Journal:
     async def aclose(self) -> None:
         """Close the file (every line is already on disk)."""
         async with self._lock:
-            await anyio.to_thread.run_sync(self._file.close)
+            await anyio.to_thread.run_sync(self._close_sync)
+
+    def _close_sync(self) -> None:
+        try:
+            # Lines a failed write left buffered are flushed again here: a full disk fails
+            # the close too.
+            self._file.close()
+        except OSError as exc:
+            msg = f"cannot write the journal {str(self.path)!r}: {exc.strerror or exc}"
+            raise JournalError(msg) from None
 
     async def _write(self, line: dict[str, Any]) -> None:
         # One writer at a time keeps lines whole and in order; the thread keeps fsync off

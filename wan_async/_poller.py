@@ -39,6 +39,7 @@ from anyio.abc import TaskStatus as AnyioTaskStatus
 from ._clock import Clock
 from ._durations import DurationKey, DurationModel
 from ._exceptions import (
+    APIError,
     AuthenticationError,
     BadRequestError,
     ClientClosedError,
@@ -151,6 +152,8 @@ class Poller:
         self._polls = 0
         self._poll_errors = 0
         self._rate_limited = 0
+        #: The task whose check something other than the gateway refused (401/403/3xx).
+        self._refused_task: str | None = None
 
     # -- public to the client ------------------------------------------------------------
 
@@ -466,10 +469,9 @@ class Poller:
             logger.debug("poll of %s rate-limited; next in %.2fs", task_id, wait)
             self._reschedule(watch, self._clock.monotonic() + wait)
         except _CLIENT_WIDE as exc:
-            # The key (or the base URL) is refused: every other task's check would be too.
             self._poll_errors += 1
             if watch.active:  # else: failed already, with the checks that were under way
-                self._fail_all(exc)
+                self._refused(watch, exc)
         except (TaskNotFound, BadRequestError) as exc:
             # This query is refused as it stands: asking again cannot change the answer.
             self._poll_errors += 1
@@ -518,6 +520,32 @@ class Poller:
         wait = min(longest, first * 2 ** (watch.errors - 1)) * (0.5 + self._rng.random())
         logger.debug("poll of %s failed (%s); retrying in %.2fs", task_id, error, wait)
         self._reschedule(watch, now + wait)
+
+    def _refused(self, watch: Watch, error: APIError) -> None:
+        """A 401, 403 or 3xx answered this task's check.
+
+        The gateway's own 401/403 (its JSON, naming why) refuses the key: every other check
+        would be refused too. An answer that is not the gateway's (a WAF's HTML 403 for one
+        odd id, a redirect) may concern this query alone: it fails this task only, until a
+        second task gets one too, which shows it is the client's.
+        """
+        task_id = watch.handle.task_id
+        own = error.code is not None or error.message is not None
+        if not isinstance(error, UnexpectedRedirect) and own:
+            self._fail_all(error)
+            return
+        first = self._refused_task
+        if first is not None and first != task_id:
+            self._fail_all(error)
+            return
+        self._refused_task = task_id
+        logger.warning(
+            "the status check of %s was refused by something that is not the gateway (%s); "
+            "failing that task only, unless another task's check is refused too",
+            task_id,
+            error,
+        )
+        self._finish(watch, None, error)
 
     def _fail_all(self, error: WanError) -> None:
         """Fail every tracked task with ``error``, which no task's check can get past."""

@@ -317,10 +317,7 @@ class WindowEstimator:
             self._startup = False
         headroom = self.headroom
         if self._startup:
-            # One more per start, and at least twice what runs now: tasks run for several
-            # rounds of checks, so each round sees only the newest start (one more per start
-            # alone grew the window by the same few tasks per round, not twofold).
-            grown = max(self._base + self._started, 2 * self._running)
+            grown = self._base + self._started
             if self._queued:
                 # Some of ours wait: upstream may be nearly full. Grow past what ran at once
                 # by half, not threefold.

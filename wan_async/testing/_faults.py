@@ -85,6 +85,9 @@ class Fault(enum.Enum):
     #: 429 with a proxy's HTML page (nginx ``limit_req``), not the gateway's JSON. It carries
     #: ``Retry-After`` only when injected with ``retry_after=``. Nothing is created.
     RATE_LIMIT_HTML = "rate_limit_html"
+    #: 403 with a web application firewall's HTML page, not the gateway's JSON: a rule that
+    #: blocks this one request (an odd task id, say). Nothing is created.
+    FORBIDDEN_HTML = "forbidden_html"
     #: 302 to an HTML login page (a single-sign-on proxy in front); nothing is created. The
     #: login page itself answers 200 ``text/html``.
     REDIRECT = "redirect"
@@ -120,6 +123,7 @@ _APPLIES_TO: Mapping[Fault, frozenset[RequestKind]] = {
     Fault.INSERT_TASK_FAILED: frozenset({"submit"}),
     Fault.NO_TASK_ID: frozenset({"submit"}),
     Fault.RATE_LIMIT_HTML: _ALL,
+    Fault.FORBIDDEN_HTML: _ALL,
     Fault.REDIRECT: _ALL,
     Fault.NOT_JSON: frozenset({"get"}),
     Fault.WRONG_SHAPE: frozenset({"get"}),

@@ -58,6 +58,7 @@ from ._wire import (
     REQUEST_ID_HEADER,
     abort,
     bad_gateway_html,
+    forbidden_html,
     json_response,
     login_page,
     middleware_error,
@@ -1081,6 +1082,8 @@ class FakeGateway:
             given = choice.retry_after_given
             header = retry_after_value(choice.retry_after) if given else None
             return too_many_requests_html(header), "429"
+        if fault is Fault.FORBIDDEN_HTML:
+            return forbidden_html(), "403"
         if fault is Fault.REDIRECT:
             origin = f"{request.scheme}://{request.host}"
             return redirect_to_login(origin, request.path_qs), "302"

@@ -87,6 +87,19 @@ def too_many_requests_html(retry_after: str | None) -> web.Response:
     )
 
 
+#: What a web application firewall in front answers when a rule blocks one request.
+FORBIDDEN_PAGE = (
+    "<html>\n<head><title>403 Forbidden</title></head>\n<body>\n"
+    "<center><h1>403 Forbidden</h1></center>\n<center>Request blocked.</center>\n"
+    "</body>\n</html>\n"
+)
+
+
+def forbidden_html() -> web.Response:
+    """A 403 page from a WAF in front, not the gateway's JSON."""
+    return web.Response(status=403, text=FORBIDDEN_PAGE, content_type="text/html")
+
+
 def redirect_to_login(base_url: str, path: str) -> web.Response:
     """A 302 from a single-sign-on proxy: to its login page, with a short HTML body."""
     location = f"{base_url}{LOGIN_PATH}?{urlencode({'next': path})}"
