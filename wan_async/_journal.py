@@ -233,14 +233,16 @@ class Journal:
         async with self._lock:
             await anyio.to_thread.run_sync(self._close_sync)
 
+    def _unwritable(self, exc: OSError) -> JournalError:
+        return JournalError(f"cannot write the journal {str(self.path)!r}: {exc.strerror or exc}")
+
     def _close_sync(self) -> None:
         try:
             # Lines a failed write left buffered are flushed again here: a full disk fails
             # the close too.
             self._file.close()
         except OSError as exc:
-            msg = f"cannot write the journal {str(self.path)!r}: {exc.strerror or exc}"
-            raise JournalError(msg) from None
+            raise self._unwritable(exc) from None
 
     async def _write(self, line: dict[str, Any]) -> None:
         # One writer at a time keeps lines whole and in order; the thread keeps fsync off
@@ -254,8 +256,7 @@ class Journal:
             self._file.flush()
             os.fsync(self._file.fileno())
         except OSError as exc:
-            msg = f"cannot write the journal {str(self.path)!r}: {exc.strerror or exc}"
-            raise JournalError(msg) from None
+            raise self._unwritable(exc) from None
 
 
 def _lock_exclusively(file: IO[bytes], path: Path) -> None:
