@@ -174,6 +174,11 @@ class Batch:
             self._stop_cause = cause
         self._scope.cancel()
 
+    def discard(self) -> None:
+        """Stop the batch; nobody will read its outcomes (their stream is closed)."""
+        self.stop()
+        self._receive.close()
+
     async def run(self) -> None:
         """Run every item to its outcome; never raises (see :meth:`outcomes`)."""
         try:

@@ -457,7 +457,7 @@ class WanClient:
             fail_fast=fail_fast,
         )
         self._batches.add(batch)
-        stream._bind(batch.stop)
+        stream._bind(batch.stop, batch.discard)
         task_group.start_soon(self._serve_batch, batch, admission, max_in_flight is None)
         # Closed explicitly, not left to the garbage collector, when the caller leaves.
         async with contextlib.aclosing(batch.outcomes()) as outcomes:

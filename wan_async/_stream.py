@@ -30,14 +30,16 @@ class OutcomeStream:
     def __init__(self) -> None:
         self._outcomes: AsyncGenerator[Outcome, None] | None = None
         self._stop: Callable[[], None] | None = None
+        self._discard: Callable[[], None] | None = None
         self._exhausted = False
 
     def _start(self, outcomes: AsyncGenerator[Outcome, None]) -> None:
         self._outcomes = outcomes
 
-    def _bind(self, stop: Callable[[], None]) -> None:
-        """Called by the batch once it runs: how to stop it without awaiting."""
-        self._stop = stop
+    def _bind(self, stop: Callable[[], None], discard: Callable[[], None]) -> None:
+        """Called by the batch once it runs: how to stop it, and how to drop the outcomes
+        no one will read, without awaiting."""
+        self._stop, self._discard = stop, discard
 
     def __aiter__(self) -> AsyncIterator[Outcome]:
         return _Loop(self)
@@ -65,6 +67,11 @@ class OutcomeStream:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+    def __del__(self) -> None:
+        # Dropped unread (no aclose): stop the batch and free what holds its outcomes.
+        if not self._exhausted and self._discard is not None:
+            self._discard()
 
     def _abandoned(self) -> None:
         """A loop over the stream was left before the end: stop the batch."""
