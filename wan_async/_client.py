@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import enum
 import inspect
@@ -50,7 +51,7 @@ from ._ratelimit import RateBudget, RateStats
 from ._retry import RetryPolicy, call_with_retries
 from ._schedule import PollPolicy, duration_key
 from ._serde import created_from_wire, request_to_wire, snapshot_from_wire
-from ._stream import OutcomeStream
+from ._stream import Controls, OutcomeStream
 from ._transport import Answer, Transport
 
 if TYPE_CHECKING:
@@ -59,6 +60,8 @@ if TYPE_CHECKING:
 SUBMIT_PATH = "/v1/video/generations"
 #: The name of the one poller task of each running client (visible in asyncio.all_tasks()).
 POLLER_TASK_NAME = "wan_async.poller"
+#: The name of each client's own task, which holds its poller and batches.
+CLIENT_TASK_NAME = "wan_async.client"
 
 _T = TypeVar("_T")
 #: What may not appear in a file name made from a task id.
@@ -67,8 +70,7 @@ logger = logging.getLogger("wan_async")
 
 
 class _State(enum.Enum):
-    NEW = "new"
-    RUNNING = "running"
+    OPEN = "open"
     CLOSED = "closed"
 
 
@@ -84,11 +86,12 @@ class ClientStats:
 class WanClient:
     """An async client for the Wan text-to-video gateway.
 
-    Use it as ``async with WanClient() as client:``: entering starts the one shared poller that
-    watches every task of the client; leaving (or :meth:`aclose`) stops it and fails pending
+    Use it as ``async with WanClient() as client:``, or create it and ``await
+    client.aclose()`` when done (from any task: a web app's start-up and shutdown hooks). The
+    one shared poller that watches every task of the client starts with its first use (or
+    with ``async with``), in a task of the client's own; closing stops it and fails pending
     waits with :class:`ClientClosedError`. A closed client cannot be reopened. One client is
-    safe to share between many concurrent callers. The low-level :meth:`create_task` and
-    :meth:`get_task` also work without entering.
+    safe to share between many concurrent callers of one event loop.
 
     Args:
         api_key: the gateway key; default ``$WAN_API_KEY``.
@@ -162,7 +165,14 @@ class WanClient:
         self._on_wire = 0
         self._wire_idle = anyio.Event()
         self._submits = 0
-        self._state = _State.NEW
+        self._state = _State.OPEN
+        self._entered = False
+        #: The client's own task, started on first use (see :meth:`_run`).
+        self._runner: asyncio.Task[None] | None = None
+        self._ready = anyio.Event()
+        self._release = anyio.Event()
+        self._runner_done = anyio.Event()
+        self._transport_closed = anyio.Event()
 
     def __repr__(self) -> str:
         return f"<WanClient base_url={self.base_url!r} {self._state.value}>"
@@ -180,20 +190,13 @@ class WanClient:
         )
 
     async def __aenter__(self) -> WanClient:
+        """Start the client now (it would start on first use anyway); leaving closes it."""
         self._check_open()
-        if self._state is _State.RUNNING:
-            msg = "this WanClient is already running; enter it once"
+        if self._entered:
+            msg = "this WanClient is already entered; enter it once"
             raise RuntimeError(msg)
-        task_group = anyio.create_task_group()
-        await task_group.__aenter__()
-        try:
-            await task_group.start(self._serve_poller, name=POLLER_TASK_NAME)
-        except BaseException:
-            task_group.cancel_scope.cancel()
-            await task_group.__aexit__(None, None, None)
-            raise
-        self._task_group = task_group
-        self._state = _State.RUNNING
+        self._entered = True
+        await self._group()
         return self
 
     async def __aexit__(
@@ -202,15 +205,7 @@ class WanClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        try:
-            await self.aclose()
-        finally:
-            # Only here, in the task that entered it and at the depth it was entered: an
-            # aclose() from elsewhere (another task, a nested scope) has stopped everything in
-            # the group already, and leaving it is the way out of ``async with``.
-            task_group, self._task_group = self._task_group, None
-            if task_group is not None:
-                await task_group.__aexit__(None, None, None)
+        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the client and its HTTP session (unless the session was passed in). Idempotent.
@@ -218,12 +213,21 @@ class WanClient:
         Pending waits fail with :class:`ClientClosedError`; running batches stop and report
         every item (submitted ones with their task ids). Submits whose request is on the wire
         are let finish first (bounded by ``timeouts``), so no created task goes unrecorded.
-        Any task may close the client, not only the one that entered it; the ``async with``
-        body of the task that entered it is never cancelled by it.
+        Any task may close the client, whether or not it was opened with ``async with`` and
+        whichever task opened it; none is cancelled by it, and when it returns no task of the
+        client is left running.
         """
         if self._state is not _State.CLOSED:
             self._state = _State.CLOSED
-            await self._shut_down()
+            try:
+                await self._shut_down()
+            finally:
+                self._release.set()
+        # Shielded: a cancelled caller still leaves no task of the client behind.
+        with anyio.CancelScope(shield=True):
+            if self._runner is not None:
+                await self._runner_done.wait()
+            await self._transport_closed.wait()
 
     async def _shut_down(self) -> None:
         """Fail pending waits, stop batches and the poller, let submits on the wire finish."""
@@ -242,6 +246,52 @@ class WanClient:
                     await self._wire_idle.wait()
             finally:
                 await self._transport.aclose()
+                self._transport_closed.set()
+
+    def _start(self) -> None:
+        """Start the client's own task (the poller, batches) on first use, in this loop."""
+        self._check_open()
+        if self._runner is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            msg = "WanClient is used from async code: call it from a running event loop"
+            raise RuntimeError(msg) from None
+        self._runner = loop.create_task(self._run(), name=CLIENT_TASK_NAME)
+
+    async def _run(self) -> None:
+        """The client's own task: its task group lives here, not in any caller's task, so
+        that whichever task opened the client, any task may close it (and none is
+        cancelled by that). Ends when :meth:`aclose` has stopped everything in it."""
+        try:
+            async with anyio.create_task_group() as task_group:
+                await task_group.start(self._serve_poller, name=POLLER_TASK_NAME)
+                self._task_group = task_group
+                self._ready.set()
+                await self._release.wait()
+                task_group.cancel_scope.cancel()
+        except Exception:
+            logger.exception("the client's task failed; the client is closed")
+        finally:
+            self._task_group = None
+            self._ready.set()
+            if self._state is not _State.CLOSED:
+                # Cancelled from outside (the event loop is shutting down, never closed):
+                # fail the waits and close the session rather than leave them to warnings.
+                self._state = _State.CLOSED
+                with anyio.CancelScope(shield=True):
+                    await self._shut_down()
+            self._runner_done.set()
+
+    async def _group(self) -> TaskGroup:
+        """The running client's task group, once its poller is up."""
+        self._start()
+        await self._ready.wait()
+        self._check_open()
+        if self._task_group is None:
+            raise ClientClosedError("the client was closed")
+        return self._task_group
 
     async def _serve_poller(
         self, *, task_status: AnyioTaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -272,12 +322,9 @@ class WanClient:
             msg = "this WanClient is closed and cannot be reused; create a new one"
             raise ClientClosedError(msg)
 
-    def _running(self) -> TaskGroup:
-        self._check_open()
-        if self._task_group is None:
-            msg = "the poller is not running: use `async with WanClient(...) as client:`"
-            raise RuntimeError(msg)
-        return self._task_group
+    def _running(self) -> None:
+        """Refuse a closed client; start an unstarted one (its poller picks up what comes)."""
+        self._start()
 
     # -- the engine ---------------------------------------------------------------------
 
@@ -407,24 +454,23 @@ class WanClient:
         check_seconds("deadline", deadline)
         if max_in_flight is not None:
             check_count("max_in_flight", max_in_flight)
-        stream = OutcomeStream()
-        stream._start(
-            self._as_completed(
-                stream,
-                requests,
-                max_in_flight=max_in_flight,
-                timeout=timeout,
-                deadline=deadline,
-                fail_fast=fail_fast,
-                journal=journal,
-                download_dir=download_dir,
-            )
+        controls = Controls()
+        outcomes = self._as_completed(
+            controls,
+            requests,
+            max_in_flight=max_in_flight,
+            timeout=timeout,
+            deadline=deadline,
+            fail_fast=fail_fast,
+            journal=journal,
+            download_dir=download_dir,
         )
+        stream = OutcomeStream(outcomes, controls)
         return stream
 
     async def _as_completed(
         self,
-        stream: OutcomeStream,
+        controls: Controls,
         requests: Iterable[VideoRequest],
         *,
         max_in_flight: int | None,
@@ -434,7 +480,7 @@ class WanClient:
         journal: str | os.PathLike[str] | None,
         download_dir: str | os.PathLike[str] | None,
     ) -> AsyncGenerator[Outcome, None]:
-        task_group = self._running()
+        task_group = await self._group()
         items = _checked_requests(requests)
         save = await self._saver(download_dir) if download_dir is not None else None
         opened = await Journal.open(journal, items) if journal is not None else None
@@ -457,7 +503,7 @@ class WanClient:
             fail_fast=fail_fast,
         )
         self._batches.add(batch)
-        stream._bind(batch.stop, batch.discard)
+        controls.bind(batch.stop, batch.discard)
         task_group.start_soon(self._serve_batch, batch, admission, max_in_flight is None)
         # Closed explicitly, not left to the garbage collector, when the caller leaves.
         async with contextlib.aclosing(batch.outcomes()) as outcomes:

@@ -18,6 +18,23 @@ from types import TracebackType
 from ._batch import Outcome
 
 
+class Controls:
+    """How to stop a running batch without awaiting: set by the batch once it runs.
+
+    Shared by the stream and the generator that feeds it, so that the generator never holds
+    the stream: no reference cycle keeps a dropped stream (and the batch's open stream of
+    outcomes) alive until the garbage collector happens to run.
+    """
+
+    def __init__(self) -> None:
+        self.stop: Callable[[], None] | None = None
+        self.discard: Callable[[], None] | None = None
+
+    def bind(self, stop: Callable[[], None], discard: Callable[[], None]) -> None:
+        """How to stop the batch, and how to drop the outcomes no one will read."""
+        self.stop, self.discard = stop, discard
+
+
 class OutcomeStream:
     """The outcomes of a batch, each yielded as its item ends (see ``as_completed``).
 
@@ -27,25 +44,15 @@ class OutcomeStream:
     created keeps its id in the outcome), and no further item is submitted.
     """
 
-    def __init__(self) -> None:
-        self._outcomes: AsyncGenerator[Outcome, None] | None = None
-        self._stop: Callable[[], None] | None = None
-        self._discard: Callable[[], None] | None = None
-        self._exhausted = False
-
-    def _start(self, outcomes: AsyncGenerator[Outcome, None]) -> None:
+    def __init__(self, outcomes: AsyncGenerator[Outcome, None], controls: Controls) -> None:
         self._outcomes = outcomes
-
-    def _bind(self, stop: Callable[[], None], discard: Callable[[], None]) -> None:
-        """Called by the batch once it runs: how to stop it, and how to drop the outcomes
-        no one will read, without awaiting."""
-        self._stop, self._discard = stop, discard
+        self._controls = controls
+        self._exhausted = False
 
     def __aiter__(self) -> AsyncIterator[Outcome]:
         return _Loop(self)
 
     async def __anext__(self) -> Outcome:
-        assert self._outcomes is not None
         try:
             return await self._outcomes.__anext__()
         except StopAsyncIteration:
@@ -54,8 +61,7 @@ class OutcomeStream:
 
     async def aclose(self) -> None:
         """Stop the batch (if it still runs) and wait until the stream is closed."""
-        if self._outcomes is not None:
-            await self._outcomes.aclose()
+        await self._outcomes.aclose()
 
     async def __aenter__(self) -> OutcomeStream:
         return self
@@ -70,13 +76,15 @@ class OutcomeStream:
 
     def __del__(self) -> None:
         # Dropped unread (no aclose): stop the batch and free what holds its outcomes.
-        if not self._exhausted and self._discard is not None:
-            self._discard()
+        discard = self._controls.discard
+        if not self._exhausted and discard is not None:
+            discard()
 
     def _abandoned(self) -> None:
         """A loop over the stream was left before the end: stop the batch."""
-        if not self._exhausted and self._stop is not None:
-            self._stop()
+        stop = self._controls.stop
+        if not self._exhausted and stop is not None:
+            stop()
 
 
 class _Loop:
