@@ -15,7 +15,14 @@ def batch(n: int) -> list[VideoRequest]:
 
 
 async def main(
-    base_url: str, scale: str, epoch: str, origin: str, journal: str, n: str, submits: str = "8"
+    base_url: str,
+    scale: str,
+    epoch: str,
+    origin: str,
+    journal: str,
+    n: str,
+    submits: str = "8",
+    download_dir: str = "",
 ) -> None:
     clock = ScaledClock(float(scale), epoch=float(epoch), origin=float(origin))
     async with WanClient(
@@ -26,7 +33,9 @@ async def main(
         retry=RetryPolicy.no_wait(),
         max_concurrent_submits=int(submits),
     ) as client:
-        outcomes = await client.generate_many(batch(int(n)), return_outcomes=True, journal=journal)
+        outcomes = await client.generate_many(
+            batch(int(n)), return_outcomes=True, journal=journal, download_dir=download_dir or None
+        )
     print(sum(o.ok for o in outcomes), "ok", flush=True)
 
 

@@ -51,7 +51,13 @@ def closed_port() -> int:
 
 
 async def start_batch_worker(
-    gw: FakeGateway, clock: ScaledClock, journal: Path, n: int, *, submits: int = 8
+    gw: FakeGateway,
+    clock: ScaledClock,
+    journal: Path,
+    n: int,
+    *,
+    submits: int = 8,
+    download_dir: Path | None = None,
 ) -> anyio.abc.Process:
     """Run ``tests/_batch_worker.py``'s batch of ``n`` with ``journal`` in another OS process,
     against ``gw`` and sharing its clock."""
@@ -66,6 +72,7 @@ async def start_batch_worker(
             str(journal),
             str(n),
             str(submits),
+            str(download_dir or ""),
         ],
         env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
         stdout=None,

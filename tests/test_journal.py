@@ -177,6 +177,66 @@ async def test_kill_9_mid_batch_then_resume(tmp_path: Path) -> None:
     )
 
 
+async def test_a_resumed_batch_saves_the_videos_not_on_disk_yet(
+    gateway: FakeGateway, tmp_path: Path
+) -> None:
+    """Run once without a download folder, rerun with one: the finished items are saved
+    from the journal's results (no submit, no status check), each outcome with its path;
+    a video already saved is kept, not fetched again (they came back ``path=None``, with
+    no file on disk)."""
+    journal, videos = tmp_path / "batch.jsonl", tmp_path / "videos"
+    requests = batch(3)
+    async with make_client(gateway) as client:
+        await client.generate_many(requests, journal=journal)
+    gets = gateway.stats.outcomes("get")
+    async with make_client(gateway) as client:
+        again = await client.generate_many(
+            requests, return_outcomes=True, journal=journal, download_dir=videos
+        )
+    assert all(o.ok for o in again)
+    assert [o.path is not None and o.path.stat().st_size > 0 for o in again] == [True] * 3
+    assert sorted(p.name for p in videos.iterdir()) == sorted(o.path.name for o in again if o.path)
+    assert gateway.stats.tasks_created == 3
+    assert gateway.stats.outcomes("get") == gets
+    downloads = sum(gateway.stats.outcomes("download").values())
+    async with make_client(gateway) as client:
+        third = await client.generate_many(
+            requests, return_outcomes=True, journal=journal, download_dir=videos
+        )
+    assert [o.path for o in third] == [o.path for o in again]
+    assert sum(gateway.stats.outcomes("download").values()) == downloads
+
+
+async def test_kill_9_mid_download_then_resume_saves_the_video(tmp_path: Path) -> None:
+    """A batch killed with SIGKILL while its videos download: the journal has them finished,
+    no file is on disk (nor a partial one under the final name); the rerun saves them."""
+    journal, videos = tmp_path / "batch.jsonl", tmp_path / "videos"
+    n = 3
+    clock = ScaledClock(100)
+    async with FakeGateway(clock=clock, slots=3, processing_time=fixed_processing(30.0)) as gw:
+        gw.inject(Fault.SLOW, on="download", times=None, delay=30.0)
+        worker = await start_batch_worker(gw, clock, journal, n, download_dir=videos)
+        try:
+            with anyio.fail_after(60):
+                while True:  # kill once every item finished and its download hangs
+                    events = lines(journal) if journal.exists() else []
+                    if sum(e["event"] == "finished" for e in events) == n:
+                        break
+                    await anyio.sleep(0.02)
+            await anyio.sleep(0.2)
+        finally:
+            worker.kill()
+            await worker.wait()
+        assert not any(p.suffix == ".mp4" for p in videos.iterdir())
+        gw.clear_faults()
+        async with make_client(gw) as client:
+            outcomes = await client.generate_many(
+                batch(n), return_outcomes=True, journal=journal, download_dir=videos
+            )
+        assert all(o.ok and o.path is not None and o.path.exists() for o in outcomes)
+        assert gw.stats.tasks_created == n
+
+
 async def test_refused_submits_are_retried_by_the_next_run(
     gateway: FakeGateway, tmp_path: Path
 ) -> None:

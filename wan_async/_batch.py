@@ -215,7 +215,12 @@ class Batch:
                 for index, request in enumerate(self._requests):
                     resumed = self._resume(index, request)
                     if isinstance(resumed, Outcome):
-                        self._report(resumed)
+                        if resumed.ok and self._save is not None:
+                            # Finished in an earlier run, maybe never saved (no download
+                            # folder then, or killed mid-download): save it now.
+                            tg.start_soon(self._save_resumed, resumed)
+                        else:
+                            self._report(resumed)
                         continue
                     if isinstance(resumed, TaskHandle):
                         self._task_ids[index] = resumed.task_id
@@ -311,6 +316,11 @@ class Batch:
                 return started
             handle = started
         return await self._finish(await self._wait_item(index, request, handle))
+
+    async def _save_resumed(self, outcome: Outcome) -> None:
+        """Report an item the journal holds as succeeded, once its video is on disk (or
+        with the error that kept it from being saved: an expired URL, a full disk)."""
+        self._report(await self._finish(outcome))
 
     async def _finish(self, outcome: Outcome) -> Outcome:
         """Save a successful item's video, when the batch downloads as it goes."""
