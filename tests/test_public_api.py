@@ -22,6 +22,8 @@ PUBLIC = [
     "DeadlineExceeded",
     "DecodeError",
     "DownloadError",
+    "Estimate",
+    "EstimateLine",
     "IncompleteDownload",
     "JournalError",
     "ModelNotFoundError",
@@ -59,6 +61,8 @@ PUBLIC = [
     "WanError",
     "WanTimeoutError",
     "__version__",
+    "estimate",
+    "trace_config",
 ]
 
 

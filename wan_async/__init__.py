@@ -6,6 +6,7 @@ from ._batch import Outcome
 from ._client import ClientStats, WanClient
 from ._clock import Clock, ScaledClock, SystemClock
 from ._config import DEFAULT_BASE_URL, Timeouts
+from ._estimate import Estimate, EstimateLine, estimate
 from ._exceptions import (
     APIError,
     AuthenticationError,
@@ -43,6 +44,7 @@ from ._retry import RetryPolicy
 from ._rules import MODEL_RULES, ModelRules
 from ._schedule import PollPolicy
 from ._stream import OutcomeStream
+from ._transport import trace_config
 from ._version import __version__
 
 __all__ = [
@@ -59,6 +61,8 @@ __all__ = [
     "DeadlineExceeded",
     "DecodeError",
     "DownloadError",
+    "Estimate",
+    "EstimateLine",
     "IncompleteDownload",
     "JournalError",
     "ModelNotFoundError",
@@ -96,4 +100,6 @@ __all__ = [
     "WanError",
     "WanTimeoutError",
     "__version__",
+    "estimate",
+    "trace_config",
 ]

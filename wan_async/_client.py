@@ -97,7 +97,20 @@ class WanClient:
         api_key: the gateway key; default ``$WAN_API_KEY``.
         base_url: the gateway; default ``$WAN_BASE_URL``, else the documented service.
         timeouts: limits of one HTTP exchange.
-        session: an aiohttp session to use (and never close); default: one of our own.
+        session: an aiohttp session to use (and never close); default: one of our own. Create
+            it with ``trace_configs=[wan_async.trace_config()]``: without it, a request that
+            fails before it is sent (a wait for a pooled connection that times out) reads as
+            outcome unknown, a submit as :class:`SubmitOutcomeUnknown`, and a warning is
+            logged once, when the client is created. The session keeps its own ``trust_env``.
+        trust_env: by default, API calls and video downloads alike go through the proxies
+            ``HTTPS_PROXY`` / ``HTTP_PROXY`` name (upper or lower case, read when the client
+            is created; credentials as ``http://user:password@host:port``, never shown in logs
+            or errors), except to the hosts ``NO_PROXY`` lists. A loopback host goes through a
+            proxy only if that proxy is on loopback too; ``~/.netrc`` is not read. Redirects
+            are still never followed for API calls, and plain ``http://`` is still refused
+            for a gateway that is not loopback. A proxy that is not an ``http://`` or
+            ``https://`` URL raises :class:`ConfigurationError`. ``False`` ignores the
+            environment. Our own session only: one passed in keeps its own ``trust_env``.
         clock: where time is read (a :class:`~wan_async.testing.ScaledClock` in tests).
         allow_insecure_http: permit plain ``http://`` to a host that is not loopback.
         max_concurrent_submits: submits in flight at once.
@@ -120,6 +133,7 @@ class WanClient:
         base_url: str | None = None,
         timeouts: Timeouts = Timeouts(),  # noqa: B008 - frozen, so sharing the default is safe
         session: aiohttp.ClientSession | None = None,
+        trust_env: bool = True,
         clock: Clock | None = None,
         allow_insecure_http: bool = False,
         max_concurrent_submits: int = 8,
@@ -141,6 +155,7 @@ class WanClient:
             api_key=resolve_api_key(api_key),
             timeouts=timeouts,
             session=session,
+            trust_env=trust_env,
         )
         self._budget = RateBudget(cap=max_requests_per_second, clock=self.clock)
         self._submit_slots = anyio.Semaphore(max_concurrent_submits)

@@ -16,6 +16,11 @@ created a task (``task_may_exist``, SPEC §2):
 :meth:`Transport.stream` fetches a finished video from the object-storage host (SPEC §3.3)
 through the same session: without the gateway's key, and logging the URL without its query
 string, which is the signature.
+
+Proxies: the session this module creates sends every request (API calls and downloads alike)
+through the proxy ``HTTP_PROXY`` / ``HTTPS_PROXY`` name, except to the hosts ``NO_PROXY``
+exempts, unless ``trust_env=False`` (see :class:`EnvProxies`). A session passed in keeps its own
+``trust_env``. Errors name a proxy as ``scheme://host:port``, never with its credentials.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import ipaddress
 import json
 import logging
 import re
@@ -30,12 +36,13 @@ import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from types import SimpleNamespace
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.request import getproxies_environment
 
 import aiohttp
 import attrs
 
-from ._config import Secret, Timeouts
+from ._config import Secret, Timeouts, _is_loopback
 from ._exceptions import (
     APIError,
     AuthenticationError,
@@ -98,9 +105,10 @@ def certainly_not_created(status: int, error: ErrorBody) -> bool:
     An allow-list: what is not on it leaves the outcome unknown. Any 429 is on it, the
     gateway's or a proxy's page alike: whoever answers 429 refuses the request instead of
     forwarding it (nginx ``limit_req``, a CDN's or API gateway's rate limit), and the gateway's
-    own 429s all come before upstream is called.
+    own 429s all come before upstream is called. So is any 407: only a forward proxy sends it,
+    asking for its own credentials before it forwards anything (RFC 9110 §15.5.8).
     """
-    if status == 429:
+    if status in (407, 429):
         return True
     if error.shape == "middleware":
         return status in _MIDDLEWARE_NOT_CREATED or error.code in _QUOTA_CODES
@@ -112,6 +120,156 @@ def certainly_not_created(status: int, error: ErrorBody) -> bool:
         # Any other 400 of the gateway's own comes from the relay's checks before upstream.
         return status == 400 and error.code is not None
     return False
+
+
+@attrs.frozen(kw_only=True)
+class Proxy:
+    """One proxy from the environment: its URL as shown, and as given to aiohttp."""
+
+    #: ``scheme://host[:port]``: what messages show, never the credentials.
+    url: str
+    host: str
+    #: ``scheme://[user:password@]host[:port]``, for aiohttp alone: it sends the credentials
+    #: as ``Proxy-Authorization`` to the proxy only (on the request for a plain-http URL, on
+    #: the ``CONNECT`` for https). Not ``proxy_auth=``, deprecated in aiohttp 3.14, nor
+    #: ``proxy_headers=``, which 3.14 sends on the ``CONNECT`` only.
+    given: str = attrs.field(repr=False)
+
+
+@attrs.frozen(kw_only=True)
+class EnvProxies:
+    """The proxies ``HTTP_PROXY`` / ``HTTPS_PROXY`` name and the hosts ``NO_PROXY`` exempts.
+
+    Read once, when the client is created, as httpx does; lower-case names win over upper-case
+    ones (and an empty lower-case one unsets), ``HTTP_PROXY`` is ignored under CGI
+    (``REQUEST_METHOD`` set): :func:`urllib.request.getproxies_environment`'s rules. ``NO_PROXY``
+    is a comma-separated list matched on the host (see :func:`_exempt`).
+
+    Unlike aiohttp's own ``trust_env``, ``~/.netrc`` is never read: aiohttp would send its
+    entry for a host as Basic auth, which clashes with the key's ``Authorization`` on a gateway
+    request and hands the storage host credentials that a signed URL never needs.
+    """
+
+    by_scheme: Mapping[str, Proxy] = attrs.field(factory=dict)
+    no_proxy: str | None = None
+
+    @classmethod
+    def from_env(cls) -> EnvProxies:
+        """The proxies of the environment now.
+
+        Raises:
+            ConfigurationError: a proxy is not an ``http://`` or ``https://`` URL.
+        """
+        found = getproxies_environment()
+        return cls(
+            by_scheme={
+                scheme: _parse_proxy(scheme, found[scheme])
+                for scheme in ("http", "https")
+                if found.get(scheme, "").strip()
+            },
+            no_proxy=found.get("no"),
+        )
+
+    def for_url(self, url: str) -> Proxy | None:
+        """The proxy to send a request for ``url`` through, or ``None`` to connect directly.
+
+        A loopback host goes through a proxy only when that proxy is on loopback too: a proxy
+        elsewhere cannot reach this machine's loopback, and a plain-http request to it (allowed
+        for loopback only) would carry the key across the network in clear.
+        """
+        parts = urlsplit(url)
+        proxy = self.by_scheme.get(parts.scheme)
+        host = parts.hostname
+        if proxy is None or host is None:
+            return None
+        if self.no_proxy and _exempt(host, self.no_proxy):
+            return None
+        if _is_loopback(host) and not _is_loopback(proxy.host):
+            return None
+        return proxy
+
+
+def _exempt(host: str, no_proxy: str) -> bool:
+    """Whether ``NO_PROXY`` exempts ``host``: ``*``; the host itself (``localhost``,
+    ``127.0.0.1``, ``[::1]``); a domain it is in (``example.com`` or ``.example.com`` exempt
+    ``api.example.com``); a network it is in (``10.0.0.0/8``). A port in an entry is ignored.
+    """
+    host = host.lower().rstrip(".")
+    try:
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(host)
+    except ValueError:
+        address = None
+    for entry in no_proxy.lower().split(","):
+        name = entry.strip()
+        if name == "*":
+            return True
+        if name.startswith("["):  # [::1] or [::1]:8080
+            name = name[1:].partition("]")[0]
+        elif name.count(":") == 1:  # host:port
+            name = name.partition(":")[0]
+        name = name.lstrip("*").lstrip(".").rstrip(".")
+        if not name:
+            continue
+        if host == name or host.endswith(f".{name}"):
+            return True
+        if address is not None and "/" in name:
+            with contextlib.suppress(ValueError):
+                if address in ipaddress.ip_network(name, strict=False):
+                    return True
+    return False
+
+
+def _parse_proxy(scheme: str, value: str) -> Proxy:
+    """A proxy URL of the environment (``host:port`` alone means ``http://host:port``)."""
+    raw = value.strip()
+    parts = urlsplit(raw if "://" in raw else f"http://{raw}")
+    where = f"{scheme.upper()}_PROXY ({_shown_proxy(parts)})"
+    try:
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError
+        if ":" in unquote(parts.username or ""):
+            raise ValueError  # Basic auth cannot carry it (RFC 7617)
+    except ValueError:
+        msg = (
+            f"{where} is not an http:// or https:// proxy URL (http://[user:password@]host:port):"
+            " fix it, or pass trust_env=False to ignore the environment's proxies"
+        )
+        raise ConfigurationError(msg) from None
+    return Proxy(
+        url=_shown_proxy(parts), host=parts.hostname, given=f"{parts.scheme}://{parts.netloc}"
+    )
+
+
+def _no_userinfo(exc: BaseException) -> str:
+    """``str(exc)`` without the ``user:password@`` of any URL in it: aiohttp's texts may name
+    the proxy URL it was given, credentials included."""
+    return _USERINFO.sub("//", str(exc))
+
+
+_USERINFO = re.compile(r"//[^/@\s'\"]*@")
+
+
+def _shown_proxy(parts: SplitResult) -> str:
+    """``scheme://host[:port]`` of a proxy URL: never its credentials (nor a path)."""
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
+
+
+def trace_config() -> aiohttp.TraceConfig:
+    """The aiohttp trace config to put in a session you pass to :class:`~wan_async.WanClient`.
+
+    With it, the client tells a request that was provably never sent (it timed out waiting for
+    a pooled connection, say) from one that may have reached the gateway. Without it, such a
+    failure reads as "outcome unknown": for a submit, :class:`~wan_async.SubmitOutcomeUnknown`,
+    which says a billed task may exist although nothing was sent. Use it as::
+
+        session = aiohttp.ClientSession(trace_configs=[wan_async.trace_config()])
+
+    It is one frozen trace config, the same object at every call: it keeps no state of its
+    own (what it learns goes into each request's own context), so any number of sessions may
+    share it, beside trace configs of your own.
+    """
+    return _SENT_TRACE
 
 
 @attrs.frozen(kw_only=True)
@@ -131,7 +289,13 @@ class Transport:
         api_key: sent as ``Authorization: Bearer`` on gateway requests only.
         timeouts: per-exchange limits.
         session: an aiohttp session to use and never close; by default one is created on first
-            use (inside the running loop) and closed by :meth:`aclose`.
+            use (inside the running loop) and closed by :meth:`aclose`. Without
+            :func:`trace_config` in its ``trace_configs``, a warning is logged (once, here).
+        trust_env: send our own session's requests through the environment's proxies
+            (:class:`EnvProxies`); a session passed in keeps its own ``trust_env``.
+
+    Raises:
+        ConfigurationError: ``trust_env`` and an environment proxy that is not an http(s) URL.
     """
 
     def __init__(
@@ -141,6 +305,7 @@ class Transport:
         api_key: Secret,
         timeouts: Timeouts,
         session: aiohttp.ClientSession | None = None,
+        trust_env: bool = True,
     ) -> None:
         self._base_url = base_url
         self._api_key = api_key
@@ -165,6 +330,17 @@ class Transport:
         self._session = session
         self._owns_session = session is None
         self._closed = False
+        # Ours only: a session passed in is never changed, its own trust_env applies.
+        self._proxies = EnvProxies.from_env() if trust_env and session is None else EnvProxies()
+        if session is not None and _SENT_TRACE not in session.trace_configs:
+            # Once per client, when it is created: before anything is sent, and not again for
+            # each request. A client is long-lived (it owns a poller), so this is rare.
+            logger.warning(
+                "the aiohttp session given to WanClient has no wan_async.trace_config(): a "
+                "request that fails before it is sent (a wait for a pooled connection that "
+                "times out) will read as outcome unknown, and a submit as SubmitOutcomeUnknown. "
+                "Create the session with trace_configs=[wan_async.trace_config()]"
+            )
 
     def _get_session(self) -> aiohttp.ClientSession:
         if self._closed:
@@ -201,6 +377,9 @@ class Transport:
             ClientClosedError: the transport was closed.
         """
         session = self._get_session()
+        url = self._base_url + path
+        proxy = self._proxies.for_url(url)
+        via = f" (through the proxy {proxy.url})" if proxy is not None else ""
         data = None if body is None else json.dumps(body, ensure_ascii=False).encode()
         # Told by _SENT_TRACE when the request's headers go out; a session passed in has no
         # such trace, and then only a failure to connect proves nothing was sent.
@@ -209,13 +388,14 @@ class Transport:
         try:
             async with session.request(
                 method,
-                self._base_url + path,
+                url,
                 data=data,
                 headers=self._headers()
                 | ({"Content-Type": "application/json"} if data is not None else {}),
                 timeout=self._timeout,
                 allow_redirects=False,
                 trace_request_ctx=sent,
+                proxy=None if proxy is None else proxy.given,
             ) as response:
                 raw = await _read_at_most(response, MAX_ANSWER_BYTES)
                 status = response.status
@@ -223,35 +403,49 @@ class Transport:
         except aiohttp.ConnectionTimeoutError:
             raise WanTimeoutError(
                 "timed out before the request was sent (waiting for a connection, DNS or "
-                "the handshake)",
+                f"the handshake){via}",
+                method=method,
+                path=path,
+                task_may_exist=False,
+            ) from None
+        except aiohttp.ClientProxyConnectionError as exc:
+            raise WanConnectionError(
+                f"could not connect to the proxy {exc.host}:{exc.port}: {exc.os_error}",
                 method=method,
                 path=path,
                 task_may_exist=False,
             ) from None
         except aiohttp.ClientConnectorError as exc:
             raise WanConnectionError(
-                f"could not connect: {exc.os_error or exc}",
+                f"could not connect: {exc.os_error or exc}{via}",
                 method=method,
                 path=path,
                 task_may_exist=False,
             ) from None
+        except aiohttp.ClientHttpProxyError as exc:
+            # The proxy refused the tunnel (CONNECT, for https): nothing reached the gateway.
+            raise _proxy_refused(method, path, exc.status, exc.message, via) from None
         except asyncio.TimeoutError:
+            # The total timeout, which may also end a wait for a pooled connection (when it
+            # comes before ``connect``, or there is none): only the trace tells.
             if not sent.maybe:
                 raise WanTimeoutError(
-                    "timed out before the request was sent",
+                    f"timed out before the request was sent (waiting for a connection){via}",
                     method=method,
                     path=path,
                     task_may_exist=False,
                 ) from None
             raise WanTimeoutError(
-                "timed out waiting for the answer after the request was sent",
+                "timed out waiting for the answer after the request was sent"
+                + ("" if sent.traced else " (or before: the session has no trace_config())")
+                + via,
                 method=method,
                 path=path,
                 task_may_exist=True,
             ) from None
         except aiohttp.ClientPayloadError as exc:
             raise WanConnectionError(
-                f"the answer was cut off ({type(exc).__name__})",
+                f"the answer was cut off ({type(exc).__name__}){via}",
                 method=method,
                 path=path,
                 task_may_exist=True,
@@ -259,7 +453,7 @@ class Transport:
         except (aiohttp.ClientError, OSError) as exc:
             when = "after the request was sent" if sent.maybe else "before the request was sent"
             raise WanConnectionError(
-                f"the connection broke {when} ({type(exc).__name__}: {exc})",
+                f"the connection broke {when} ({type(exc).__name__}: {_no_userinfo(exc)}){via}",
                 method=method,
                 path=path,
                 task_may_exist=sent.maybe,
@@ -310,6 +504,7 @@ class Transport:
             )
             raise ConfigurationError(msg)
         started = time.monotonic()
+        proxy = self._proxies.for_url(url)
         with _translated(shown):
             response = await session.get(
                 url,
@@ -317,6 +512,8 @@ class Transport:
                 headers={"Accept-Encoding": "identity"},
                 timeout=self._stream_timeout,
                 allow_redirects=True,
+                # Chosen for the first URL: a redirect elsewhere keeps the same proxy.
+                proxy=None if proxy is None else proxy.given,
             )
         try:
             request_id = _header_request_id(response.headers, _STORAGE_REQUEST_ID_HEADERS)
@@ -452,6 +649,17 @@ def _translated(shown: str) -> Iterator[None]:
         yield
     except aiohttp.ConnectionTimeoutError:
         _raise_transport(WanTimeoutError, "timed out opening the connection", shown)
+    except aiohttp.ClientProxyConnectionError as exc:
+        why = exc.os_error.strerror or type(exc.os_error).__name__
+        where = f"{exc.host}:{exc.port}"
+        _raise_transport(
+            WanConnectionError, f"could not connect to the proxy {where}: {why}", shown
+        )
+    except aiohttp.ClientHttpProxyError as exc:
+        hint = f": {_PROXY_AUTH_HINT}" if exc.status == 407 else ""
+        _raise_transport(
+            WanConnectionError, f"the proxy refused the tunnel (HTTP {exc.status}){hint}", shown
+        )
     except aiohttp.ClientConnectorError as exc:
         why = exc.os_error.strerror or type(exc.os_error).__name__
         _raise_transport(WanConnectionError, f"could not connect: {why}", shown)
@@ -493,6 +701,8 @@ def _storage_error(
 
 
 def _storage_hint(status: int) -> str:
+    if status == 407:
+        return _PROXY_AUTH_HINT
     if status in (401, 403):
         return "the storage host refused the signed URL"
     if status == 404:
@@ -600,8 +810,42 @@ def _redirect_hint(location: str | None) -> str:
     )
 
 
+#: What to do about a 407, whoever asked (the gateway never sends one).
+_PROXY_AUTH_HINT = (
+    "a proxy asks for credentials (407 Proxy Authentication Required): put them in the proxy "
+    "URL (HTTPS_PROXY / HTTP_PROXY=http://user:password@host:port), or bypass the proxy "
+    "(NO_PROXY, or trust_env=False)"
+)
+
+
+def _proxy_refused(method: str, path: str, status: int, reason: str, via: str) -> APIError:
+    """The error for a proxy's refusal to open a tunnel: nothing reached the gateway."""
+    if status == 407:
+        cls: type[APIError] = BadRequestError
+        hint = _PROXY_AUTH_HINT
+    else:
+        cls = (
+            ServerError
+            if status == 408 or status >= 500
+            else RateLimitedError
+            if status == 429
+            else BadRequestError
+        )
+        hint = "the proxy refused to open a tunnel to the gateway: check its settings"
+    return cls(
+        method=method,
+        path=path,
+        status=status,
+        message=reason or None,
+        task_may_exist=False,
+        hint=f"{hint}{via}",
+    )
+
+
 def _classify(status: int, code: str | None, *, from_gateway: bool) -> tuple[type[APIError], str]:
     """Pick the error class and the what-to-do hint for an error answer."""
+    if status == 407:
+        return BadRequestError, _PROXY_AUTH_HINT
     if code == "task_not_exist":
         return TaskNotFound, "the id is unknown to this gateway and key, or has expired (24 h)"
     if code in _QUOTA_CODES:

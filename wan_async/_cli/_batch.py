@@ -21,6 +21,7 @@ from anyio.abc import TaskGroup
 
 from .._batch import Outcome
 from .._client import WanClient
+from .._estimate import estimate
 from .._exceptions import (
     BatchAborted,
     ClientClosedError,
@@ -96,6 +97,8 @@ async def batch(args: argparse.Namespace, ctx: Context) -> int:
     """Run the batch of a prompts file; return 0, or 1 if an item produced no video."""
     items = load_items(Path(args.file), option_fields(args), fmt=args.format)
     paths = Paths.from_args(args)
+    if args.dry_run:
+        return _dry_run(items, paths, ctx)
     for folder in (paths.out_dir, paths.journal.parent, paths.results.parent):
         _make_dir(folder)
     resuming = paths.journal.exists()
@@ -133,6 +136,18 @@ async def batch(args: argparse.Namespace, ctx: Context) -> int:
         print_summary(run.rows(), rich=rich, elapsed=run.elapsed(), requests=run.requests())
         print(f"results: {paths.results}")
     return _exit_code(run, paths.results, ctx)
+
+
+def _dry_run(items: Sequence[Item], paths: Paths, ctx: Context) -> int:
+    """Print what the batch would bill (every item already validated); send nothing."""
+    print(estimate(item.request for item in items).table())
+    if paths.journal.exists():
+        ctx.say(
+            f"{paths.journal} exists: the real run resumes it, and items it holds as "
+            "submitted are not billed again"
+        )
+    ctx.say("dry run: nothing was sent")
+    return 0
 
 
 def _after_run(run: BatchRun, paths: Paths, *, simulate: bool) -> None:

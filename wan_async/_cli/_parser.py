@@ -121,7 +121,8 @@ def _add_batch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "run every prompt of a file; rerun the same command to resume",
         "  wan-async batch --simulate examples/prompts.txt --out-dir videos\n"
         "  wan-async batch prompts.json --out-dir videos --size '1280*720' --concurrency 4\n"
-        "  wan-async batch prompts.csv --format txt --out-dir videos\n",
+        "  wan-async batch prompts.csv --format txt --out-dir videos\n"
+        "  wan-async batch prompts.txt --out-dir videos --dry-run    # what it would bill\n",
     )
     parser.add_argument(
         "file",
@@ -149,6 +150,12 @@ def _add_batch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--journal",
         metavar="FILE",
         help="the resume journal (default: DIR/journal.jsonl); its folder is created if needed",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate every item and print the tasks and seconds of video per model and "
+        "size that the batch would bill; send nothing, write nothing",
     )
     parser.add_argument(
         "--results",
