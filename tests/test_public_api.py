@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import inspect
+import pydoc
+import re
 from pathlib import Path
+
+import attrs
+import pytest
 
 import wan_async
 import wan_async.testing
@@ -100,3 +105,17 @@ def test_typed_package() -> None:
     assert (Path(wan_async.__file__).parent / "py.typed").exists()
     assert "FakeGateway" in wan_async.testing.__all__
     assert wan_async.__version__ == "0.1.0"
+
+
+@pytest.mark.parametrize(
+    "cls", [wan_async.Outcome, wan_async.VideoResult, wan_async.TaskSnapshot, wan_async.Usage]
+)
+def test_help_documents_every_field_of_the_results(cls: type) -> None:
+    """``help(Outcome)`` (and the other result types) says what each public field means:
+    ``#:`` comments are invisible to ``help()``, so the class docstring lists them."""
+    text = pydoc.render_doc(cls, renderer=pydoc.plaintext)
+    described = set(re.findall(r"^\s{8}(\w+(?:, \w+)*):", cls.__doc__ or "", re.MULTILINE))
+    names = {name.strip() for line in described for name in line.split(",")}
+    public = {f.name for f in attrs.fields(cls) if not f.name.startswith("_")}
+    assert public <= names, public - names
+    assert "Attributes:" in text

@@ -57,7 +57,21 @@ _BATCH_FATAL = (AuthenticationError, PermissionDeniedError, UnexpectedRedirect)
 
 @attrs.frozen(kw_only=True)
 class Outcome:
-    """How one batch item ended: a result, or the error that ended it."""
+    """How one batch item ended: a result, or the error that ended it.
+
+    Attributes:
+        index: the request's position in the batch's input.
+        request: the :class:`VideoRequest` itself.
+        task_id: the task's id once it was created, however the item ended: that task exists
+            upstream (and is billed); ``client.attach(task_id)`` collects it. ``None``: no
+            task was ever created for the item (or, with :class:`SubmitOutcomeUnknown`, its
+            answer was lost).
+        result: the :class:`VideoResult` when the task succeeded.
+        error: why the item did not end well. With ``result`` also set, the task succeeded
+            but saving its video (``download_dir``) failed: the URL stays valid for 24 hours.
+        path: where the video was saved, when the batch was given a ``download_dir``.
+        ok: whether the item produced a video (and saved it, if asked to).
+    """
 
     #: Position of the request in the batch's input.
     index: int

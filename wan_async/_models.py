@@ -79,7 +79,13 @@ class TaskCreated:
 
 @attrs.frozen(kw_only=True)
 class Usage:
-    """What upstream reports it produced (keys vary by model; missing ones are ``None``)."""
+    """What upstream reports it produced (keys vary by model; missing ones are ``None``).
+
+    Attributes:
+        video_count: videos produced (billed) for the task.
+        video_duration: seconds of video produced.
+        video_ratio: the size produced, as upstream spells it (e.g. ``"1280*720"``).
+    """
 
     video_count: int | None = None
     video_duration: float | None = None
@@ -88,7 +94,27 @@ class Usage:
 
 @attrs.frozen(kw_only=True)
 class TaskSnapshot:
-    """One task as the gateway last refreshed it."""
+    """One task as the gateway last refreshed it.
+
+    Attributes:
+        task_id: the id the submit answered.
+        status: a :class:`TaskStatus`; a status the gateway adds later reads ``UNKNOWN``.
+        raw_status: ``status`` exactly as the gateway spelled it.
+        progress: 0.0-1.0 in the gateway's fixed steps (0, 20, 30, 100 %): not real progress.
+        submit_time, start_time, finish_time: the gateway's stamps (aware datetimes, UTC).
+        updated_at: when the gateway last refreshed the task from upstream.
+        video_url: set on SUCCESS: the signed video URL (left out of the repr: its query
+            string is a credential, valid 24 hours).
+        orig_prompt, actual_prompt: the prompt sent, and as upstream rewrote it
+            (``prompt_extend``).
+        usage: what upstream reports it produced (:class:`Usage`), once known.
+        fail_code, fail_message: set on FAILURE: upstream's code (e.g.
+            ``DataInspectionFailed``) and message, wherever the gateway put them.
+        upstream_status, upstream_request_id: upstream's own status and request id, if the
+            gateway relayed them (quote the request id to support).
+        upstream_start, upstream_end: when upstream itself started and ended the work, to
+            the millisecond, if the gateway relayed them.
+    """
 
     task_id: str
     status: TaskStatus
@@ -159,7 +185,18 @@ class TaskSnapshot:
 
 @attrs.frozen(kw_only=True)
 class VideoResult:
-    """A finished video: where to fetch it (valid for 24 hours) and what was generated."""
+    """A finished video: where to fetch it (valid for 24 hours) and what was generated.
+
+    Attributes:
+        task_id: the task's id.
+        video_url: a signed URL on the storage host, valid 24 hours after the task ended;
+            ``client.download(result, path)`` fetches it without the gateway's key. Left out
+            of the repr: its query string is a credential.
+        orig_prompt, actual_prompt: the prompt sent, and as upstream rewrote it
+            (``prompt_extend``).
+        usage: what upstream reports it produced (:class:`Usage`).
+        submit_time, start_time, finish_time: the gateway's stamps (aware datetimes, UTC).
+    """
 
     task_id: str
     #: A signed URL on the storage host; fetch it without the gateway's Authorization header.
