@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wan_async import MODEL_RULES, ValidationError, VideoRequest
+from wan_async import MODEL_RULES, TaskFailed, ValidationError, VideoRequest, WanClient
 from wan_async._rules import SIZES_480P, SIZES_720P, SIZES_1080P
+from wan_async.testing import FakeGateway, ScaledClock
 
 W25 = "wan2.5-t2v-preview"
 W26 = "wan2.6-t2v"
@@ -198,3 +199,53 @@ def test_validation_matches_the_rules(
         prompt_extend=prompt_extend,
     )
     assert set(got) == expected
+
+
+# -- upstream's failure codes (issue 15, item 2) ----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "worth"),
+    [
+        ("InternalError.Algo", True),
+        ("InternalError", True),
+        ("InternalError.Timeout", True),
+        ("Throttling.RateQuota", True),
+        ("RequestTimeOut", True),
+        ("DataInspectionFailed", False),
+        ("InvalidParameter", False),
+        ("InvalidParameter.DataInspection", False),
+        ("Arrearage", False),
+        ("SomethingNew", False),
+        ("", False),
+        (None, False),
+    ],
+)
+def test_failure_codes_are_classified_as_data(code: str | None, worth: bool) -> None:
+    """Upstream's own trouble is worth a new task; the request's fault and unknown codes
+    are not (a resubmit costs money)."""
+    failed = TaskFailed(task_id="t-1", code=code, message="Inference failed, please retry.")
+    assert failed.retryable is worth
+    assert ("submitting it again may succeed" in str(failed)) is worth
+    assert ("fix the request" in str(failed)) is (not worth and code != "DataInspectionFailed")
+
+
+@pytest.mark.anyio
+async def test_an_upstream_internal_error_reads_retry_worthy_over_loopback() -> None:
+    """Through the simulator: upstream's InternalError is retryable, moderation is not."""
+    async with (
+        FakeGateway(
+            clock=ScaledClock(300), failure_rate=1.0, processing_time=lambda body, rng: 30.0
+        ) as gw,
+        WanClient(api_key=gw.api_key, base_url=gw.base_url, clock=gw.clock) as client,
+    ):
+        outcomes = await client.generate_many(
+            [
+                VideoRequest(prompt="an upstream hiccup", model="wan2.6-t2v"),
+                VideoRequest(prompt="[fail] refused", model="wan2.6-t2v"),
+            ],
+            return_outcomes=True,
+        )
+    errors = [o.error for o in outcomes]
+    assert all(isinstance(e, TaskFailed) for e in errors)
+    assert [e.retryable for e in errors if isinstance(e, TaskFailed)] == [True, False]

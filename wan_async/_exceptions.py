@@ -46,6 +46,8 @@ from typing import TYPE_CHECKING, NoReturn
 
 import attrs
 
+from ._failures import retry_worthy
+
 if TYPE_CHECKING:
     from ._models import TaskSnapshot, VideoRequest
 
@@ -111,14 +113,22 @@ class TaskFailed(WanError):
         self.code = code
         self.message = message
         self.snapshot = snapshot
-        hint = (
-            "the prompt was refused by content moderation; rephrase it"
-            if code == "DataInspectionFailed"
-            else "check the code and message, fix the request, and submit a new task"
-        )
+        if code == "DataInspectionFailed":
+            hint = "the prompt was refused by content moderation; rephrase it"
+        elif retry_worthy(code):
+            hint = "upstream failed, not the request: submitting it again may succeed"
+        else:
+            hint = "check the code and message, fix the request, and submit a new task"
         super().__init__(
             f"task {task_id} failed: code={code or '-'} message={message or '-'}; {hint}"
         )
+
+    @property
+    def retryable(self) -> bool:
+        """Whether the same request, submitted again as a new task, may succeed: upstream's
+        own trouble (``InternalError``, ``Throttling``, timeouts), never the request's
+        (content inspection, invalid parameters) nor an unknown code."""
+        return retry_worthy(self.code)
 
 
 class DeadlineExceeded(WanError, TimeoutError):
