@@ -428,3 +428,30 @@ def test_the_journal_and_results_are_readable_by_their_owner_only(
         os.umask(previous)
     assert modes == {"batch.journal": 0o600, "results.jsonl": 0o600}
     assert not list(out.glob(".*.tmp"))
+
+
+async def test_batch_retry_failed_resubmits_only_upstream_failures(
+    gw: FakeGateway, tmp_path: Path, no_gateway_env: None
+) -> None:
+    """``wan-async batch --retry-failed`` reruns only the item upstream failed with
+    ``InternalError.Algo``; the moderated one stays failed, unsent (simulator counters)."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a paper boat\na red fox\nneon koi [fail]\n")
+    args = ("batch", str(prompts), "--out-dir", str(tmp_path / "v"), "--api-key", KEY)
+
+    async def hiccup() -> None:
+        while not any("boat" in t.prompt for t in gw.tasks()):  # noqa: ASYNC110
+            await anyio.sleep(0.005)
+        boat = next(t for t in gw.tasks() if "boat" in t.prompt)
+        gw.finish_now(boat.task_id, success=False, code="InternalError.Algo")
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(hiccup)
+        assert await run_main(*args, "--progress", "plain", gw=gw) == 1
+    rows = results(tmp_path / "v" / "results.jsonl")
+    assert [r["error_code"] for r in rows] == ["InternalError.Algo", None, "DataInspectionFailed"]
+    assert await run_main(*args, "--retry-failed", "--progress", "plain", gw=gw) == 1
+    rows = results(tmp_path / "v" / "results.jsonl")
+    assert [r["status"] for r in rows] == ["succeeded", "succeeded", "failed"]
+    assert gw.stats.tasks_created == 4
+    assert gw.stats.tasks_per_prompt["neon koi [fail]"] == 1

@@ -349,3 +349,59 @@ async def test_a_full_disk_stops_the_batch_with_journal_error_and_touches_nothin
     assert str(report["raised"]).startswith("JournalError: cannot write the journal")
     assert report["unrelated"] is True
     assert report["closed_cleanly"] is True
+
+
+async def test_retry_failed_resubmits_only_upstreams_own_failures(
+    gateway: FakeGateway, tmp_path: Path
+) -> None:
+    """A rerun with ``retry_failed=True`` submits again the items upstream failed with
+    ``InternalError.Algo`` ("Inference failed, please retry."), as a new attempt in the
+    journal; a request the moderation refused comes back from the journal, unsent. A later
+    rerun returns the retried items' new outcomes with no request (a rerun returned the same
+    failures for ever)."""
+    journal = tmp_path / "batch.jsonl"
+    requests = [*batch(3), VideoRequest(prompt="[fail] refused", model="wan2.6-t2v")]
+    async with make_client(gateway) as client, anyio.create_task_group() as tg:
+
+        async def upstream_hiccups() -> None:
+            def healthy() -> list[str]:
+                return [t.task_id for t in gateway.tasks() if "[fail]" not in t.prompt]
+
+            while len(healthy()) < 2:  # noqa: ASYNC110 - the gateway's own state
+                await anyio.sleep(0.005)
+            for task_id in healthy()[:2]:
+                gateway.finish_now(
+                    task_id,
+                    success=False,
+                    code="InternalError.Algo",
+                    message="Inference failed, please retry.",
+                )
+
+        tg.start_soon(upstream_hiccups)
+        first = await client.generate_many(requests, return_outcomes=True, journal=journal)
+    codes = [getattr(o.error, "code", None) for o in first]
+    assert codes.count("InternalError.Algo") == 2
+    assert codes[3] == "DataInspectionFailed"
+    failed_ids = {
+        o.task_id for o in first if getattr(o.error, "code", None) == "InternalError.Algo"
+    }
+    async with make_client(gateway) as client:
+        with pytest.raises(ValueError, match="journal"):
+            client.as_completed(requests, retry_failed=True)
+        second = await client.generate_many(
+            requests, return_outcomes=True, journal=journal, retry_failed=True
+        )
+    assert [o.ok for o in second] == [True, True, True, False]
+    assert isinstance(second[3].error, TaskFailed)
+    assert not failed_ids & {o.task_id for o in second}
+    assert gateway.stats.tasks_created == 6  # 4, then the 2 retried
+    assert gateway.stats.tasks_per_prompt["[fail] refused"] == 1
+    retries = [e for e in lines(journal) if e["event"] == "retry"]
+    assert sorted(str(e["after"]) for e in retries) == sorted(str(t) for t in failed_ids)
+    assert {e["attempt"] for e in retries} == {2}
+    async with make_client(gateway) as client:
+        third = await client.generate_many(
+            requests, return_outcomes=True, journal=journal, retry_failed=True
+        )
+    assert [o.task_id for o in third] == [o.task_id for o in second]
+    assert gateway.stats.tasks_created == 6

@@ -155,8 +155,10 @@ class Batch:
         item_timeout: float | None,
         deadline: float | None,
         fail_fast: bool,
+        retry_failed: bool = False,
     ) -> None:
         self._requests = requests
+        self._retry_failed = retry_failed
         self._submit = submit
         self._attach = attach
         self._clock = clock
@@ -228,6 +230,10 @@ class Batch:
             with self._feed:
                 for index, request in enumerate(self._requests):
                     resumed = self._resume(index, request)
+                    if self._worth_retrying(resumed):
+                        assert self._journal is not None
+                        await self._journal.retry(index)
+                        resumed = None
                     if isinstance(resumed, Outcome):
                         if resumed.ok and self._save is not None:
                             # Finished in an earlier run, maybe never saved (no download
@@ -242,6 +248,16 @@ class Batch:
                     else:
                         await self._admission.enter()
                     tg.start_soon(self._item, index, request, resumed)
+
+    def _worth_retrying(self, resumed: TaskHandle | Outcome | None) -> bool:
+        """Whether ``retry_failed`` submits this item again: its task, in an earlier run,
+        failed for upstream's own reasons (``TaskFailed.retryable``)."""
+        return (
+            self._retry_failed
+            and isinstance(resumed, Outcome)
+            and isinstance(resumed.error, TaskFailed)
+            and resumed.error.retryable
+        )
 
     def _crashed(self, error: BaseException) -> None:
         if self._crash is None:

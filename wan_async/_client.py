@@ -437,6 +437,7 @@ class WanClient:
         fail_fast: bool = False,
         journal: str | os.PathLike[str] | None = None,
         download_dir: str | os.PathLike[str] | None = None,
+        retry_failed: bool = False,
     ) -> OutcomeStream:
         """Run a batch and yield each item's :class:`Outcome` as it ends.
 
@@ -458,6 +459,12 @@ class WanClient:
                 ``<index>-<task_id>.mp4``; a file already there is kept, so a resumed batch
                 does not fetch it again); the outcome's ``path`` says where. The folder is
                 created if needed, before anything is submitted.
+            retry_failed: with ``journal``, submit again the items whose task an earlier
+                run recorded as failed for upstream's own reasons (``TaskFailed.retryable``:
+                ``InternalError``, ``Throttling``, timeouts), each as a new attempt recorded
+                in the journal; failures of the request itself (content inspection, invalid
+                parameters) come back from the journal as before. Each resubmit is a new,
+                billed task.
 
         Every item yields exactly one outcome; items cut short by the deadline or a stop end
         with :class:`DeadlineExceeded` or :class:`BatchAborted`. Leaving the loop early stops
@@ -467,6 +474,12 @@ class WanClient:
         """
         check_seconds("timeout", timeout)
         check_seconds("deadline", deadline)
+        if retry_failed and journal is None:
+            msg = (
+                "retry_failed=True resubmits the failures an earlier run recorded in its "
+                "journal: pass journal= as well"
+            )
+            raise ValueError(msg)
         if max_in_flight is not None:
             check_count("max_in_flight", max_in_flight)
         controls = Controls()
@@ -479,6 +492,7 @@ class WanClient:
             fail_fast=fail_fast,
             journal=journal,
             download_dir=download_dir,
+            retry_failed=retry_failed,
         )
         stream = OutcomeStream(outcomes, controls)
         return stream
@@ -494,6 +508,7 @@ class WanClient:
         fail_fast: bool,
         journal: str | os.PathLike[str] | None,
         download_dir: str | os.PathLike[str] | None,
+        retry_failed: bool,
     ) -> AsyncGenerator[Outcome, None]:
         task_group = await self._group()
         items = _checked_requests(requests)
@@ -516,6 +531,7 @@ class WanClient:
             item_timeout=timeout,
             deadline=deadline,
             fail_fast=fail_fast,
+            retry_failed=retry_failed,
         )
         self._batches.add(batch)
         controls.bind(batch.stop, batch.discard)
@@ -563,6 +579,7 @@ class WanClient:
         fail_fast: bool = False,
         journal: str | os.PathLike[str] | None = None,
         download_dir: str | os.PathLike[str] | None = None,
+        retry_failed: bool = False,
     ) -> list[VideoResult]: ...
 
     @overload
@@ -577,6 +594,7 @@ class WanClient:
         fail_fast: bool = False,
         journal: str | os.PathLike[str] | None = None,
         download_dir: str | os.PathLike[str] | None = None,
+        retry_failed: bool = False,
     ) -> list[Outcome]: ...
 
     async def generate_many(
@@ -590,6 +608,7 @@ class WanClient:
         fail_fast: bool = False,
         journal: str | os.PathLike[str] | None = None,
         download_dir: str | os.PathLike[str] | None = None,
+        retry_failed: bool = False,
     ) -> list[VideoResult] | list[Outcome]:
         """Run a batch and return its results in input order.
 
@@ -613,6 +632,7 @@ class WanClient:
             fail_fast=fail_fast,
             journal=journal,
             download_dir=download_dir,
+            retry_failed=retry_failed,
         ):
             outcomes[outcome.index] = outcome
         complete = [

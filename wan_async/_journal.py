@@ -15,6 +15,11 @@ Lines (``"i"`` is the item's index in the batch, ``"fp"`` its request's fingerpr
     {"event": "refused", "i": 6, "error": "…"}
     {"event": "finished", "i": 3, "task_id": "task_…", "status": "SUCCESS", "video_url": "…"}
     {"event": "finished", "i": 5, "task_id": "task_…", "status": "FAILURE", "code": "…", …}
+    {"event": "retry", "i": 5, "attempt": 2, "after": "task_…", "code": "InternalError.Algo"}
+
+A ``retry`` line (``retry_failed=True``) starts a new attempt of an item whose task failed
+for upstream's own reasons: the lines after it are that attempt's, and the failed task stays
+named in it. Journals written before it existed are read as they were.
 
 ``submitting`` is written just before the request goes out (after the item has waited for its
 turn, the request budget and any retry back-off), so only a request that may really have been
@@ -77,6 +82,18 @@ class ItemState:
     unknown_reason: str | None = None
     #: The item's final line, once it ended for good.
     final: dict[str, Any] | None = None
+    #: Which attempt the lines now describe (a ``retry`` line starts the next one).
+    attempt: int = 1
+    #: The task ids of earlier attempts that failed, oldest first.
+    earlier_tasks: list[str] = attrs.Factory(list)
+
+    def new_attempt(self) -> None:
+        """Forget the failed attempt's progress (its task id is kept in ``earlier_tasks``)."""
+        if self.task_id is not None:
+            self.earlier_tasks.append(self.task_id)
+        self.attempt += 1
+        self.submitting_at = self.task_id = self.unknown_reason = self.final = None
+        self.unknown = False
 
     @property
     def outcome_unknown(self) -> bool:
@@ -170,6 +187,20 @@ class Journal:
             return None, error
         failed = TaskFailed(task_id=task_id, code=final.get("code"), message=final.get("message"))
         return None, failed
+
+    async def retry(self, index: int) -> None:
+        """Record that item ``index``, whose task failed, is submitted again as a new attempt."""
+        state = self._states[index]
+        assert state.final is not None
+        line = {
+            "event": "retry",
+            "i": index,
+            "attempt": state.attempt + 1,
+            "after": state.task_id,
+            "code": state.final.get("code"),
+        }
+        await self._write(line)
+        state.new_attempt()
 
     async def submitting(self, index: int, at: float) -> None:
         """Record, before the request is sent, that item ``index`` is being submitted."""
@@ -321,6 +352,8 @@ def _replay(path: Path, lines: list[str], fingerprints: list[str], states: list[
             state.unknown = True
             state.unknown_reason = str(line.get("error") or "") or None
             state.submitting_at = float(line.get("at") or state.submitting_at or 0.0)
+        elif event == "retry":
+            state.new_attempt()
         elif event == "finished":
             state.task_id = str(line.get("task_id") or state.task_id)
             if line.get("status") != "NOT_FOUND" or _expired(state, line.get("at")):

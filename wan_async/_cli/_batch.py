@@ -115,7 +115,11 @@ async def batch(args: argparse.Namespace, ctx: Context) -> int:
             # From now on a Ctrl-C leaves a results file (written below) to point to.
             ctx.interrupt_hint = _interrupt_hint(paths, simulate=ctx.connection.simulate)
             try:
-                await run.run(journal=paths.journal, max_in_flight=args.concurrency)
+                await run.run(
+                    journal=paths.journal,
+                    max_in_flight=args.concurrency,
+                    retry_failed=args.retry_failed,
+                )
             except BaseException as exc:
                 # Refused up front (e.g. another batch's journal): touch nothing.
                 refused = isinstance(leaf_error(exc), JournalError) and not run.begun()
@@ -194,7 +198,9 @@ class BatchRun:
         # Items that ended after being watched in this run (not replayed from the journal).
         self._watched_ends = 0
 
-    async def run(self, *, journal: Path, max_in_flight: int | None) -> None:
+    async def run(
+        self, *, journal: Path, max_in_flight: int | None, retry_failed: bool = False
+    ) -> None:
         """Run the batch to its end; downloads overlap with the tasks still running."""
         self._client.add_status_listener(self._on_status)
         requests = [item.request for item in self._items]
@@ -203,7 +209,10 @@ class BatchRun:
                 ui.start_soon(self._redraw_forever)
                 async with anyio.create_task_group() as downloads:
                     outcomes = self._client.as_completed(
-                        requests, max_in_flight=max_in_flight, journal=journal
+                        requests,
+                        max_in_flight=max_in_flight,
+                        journal=journal,
+                        retry_failed=retry_failed,
                     )
                     async for outcome in outcomes:
                         self._on_outcome(outcome, downloads)

@@ -152,6 +152,13 @@ def _add_batch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="the resume journal (default: DIR/journal.jsonl); its folder is created if needed",
     )
     parser.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="resubmit the items whose task failed in an earlier run for upstream's own "
+        "reasons (InternalError, Throttling, timeouts), each a new billed task; failures of "
+        "the request itself (moderation, invalid parameters) are not",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="validate every item and print the tasks and seconds of video per model and "
