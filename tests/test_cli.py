@@ -25,7 +25,7 @@ import pytest
 
 from wan_async import VideoRequest, WanClient
 from wan_async._cli import main
-from wan_async.testing import FakeGateway, ScaledClock
+from wan_async.testing import FakeGateway, Fault, ScaledClock
 
 from .conftest import SCALE, fixed_processing
 
@@ -455,3 +455,28 @@ async def test_batch_retry_failed_resubmits_only_upstream_failures(
     assert [r["status"] for r in rows] == ["succeeded", "succeeded", "failed"]
     assert gw.stats.tasks_created == 4
     assert gw.stats.tasks_per_prompt["neon koi [fail]"] == 1
+
+
+async def test_batch_resubmit_unknown_asks_first_and_says_how_in_the_summary(
+    gw: FakeGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_gateway_env: None
+) -> None:
+    """The summary counts the unknown items and names ``--resubmit-unknown``; that flag
+    refuses to go on without ``--yes`` when no one can answer its question (nothing sent),
+    and with it submits the lost item again."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a paper boat\na red fox\n")
+    args = ("batch", str(prompts), "--out-dir", str(tmp_path / "v"), "--api-key", KEY)
+    gw.inject(Fault.DROP_AFTER_CREATE, on="submit")
+    assert await run_main(*args, "--progress", "plain", "--concurrency", "1", gw=gw) == 1
+    out = capsys.readouterr().out
+    assert "1 unknown" in out
+    assert "--resubmit-unknown" in out
+    created = gw.stats.tasks_created
+    code = await run_main(*args, "--resubmit-unknown", "--progress", "plain", gw=gw)
+    assert code == 2
+    assert "--yes" in capsys.readouterr().err
+    assert gw.stats.tasks_created == created
+    code = await run_main(*args, "--resubmit-unknown", "--yes", "--progress", "plain", gw=gw)
+    assert code == 0
+    assert [r["status"] for r in results(tmp_path / "v" / "results.jsonl")] == ["succeeded"] * 2
+    assert gw.stats.tasks_created == created + 1

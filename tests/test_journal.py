@@ -405,3 +405,30 @@ async def test_retry_failed_resubmits_only_upstreams_own_failures(
         )
     assert [o.task_id for o in third] == [o.task_id for o in second]
     assert gateway.stats.tasks_created == 6
+
+
+async def test_resubmit_unknown_submits_again_the_items_whose_answer_was_lost(
+    gateway: FakeGateway, tmp_path: Path
+) -> None:
+    """An item whose submit's answer was lost is reported unknown on every rerun, until one
+    asks ``resubmit_unknown=True``: then it is submitted again (its first task did exist:
+    two tasks for that prompt, the price the flag names), as a new attempt."""
+    journal = tmp_path / "batch.jsonl"
+    requests = batch(2)
+    gateway.inject(Fault.DROP_AFTER_CREATE, on="submit")
+    async with make_client(gateway, max_concurrent_submits=1) as client:
+        first = await client.generate_many(requests, return_outcomes=True, journal=journal)
+    assert isinstance(first[0].error, SubmitOutcomeUnknown)
+    async with make_client(gateway) as client:
+        again = await client.generate_many(requests, return_outcomes=True, journal=journal)
+    assert isinstance(again[0].error, SubmitOutcomeUnknown)
+    assert gateway.stats.tasks_created == 2
+    async with make_client(gateway) as client:
+        third = await client.generate_many(
+            requests, return_outcomes=True, journal=journal, resubmit_unknown=True
+        )
+    assert [o.ok for o in third] == [True, True]
+    assert third[1].task_id == first[1].task_id  # the known one was not touched
+    assert gateway.stats.tasks_per_prompt[requests[0].prompt] == 2
+    retries = [e for e in lines(journal) if e["event"] == "retry"]
+    assert [(e["i"], e["after"], e["attempt"]) for e in retries] == [(0, None, 2)]

@@ -156,9 +156,11 @@ class Batch:
         deadline: float | None,
         fail_fast: bool,
         retry_failed: bool = False,
+        resubmit_unknown: bool = False,
     ) -> None:
         self._requests = requests
         self._retry_failed = retry_failed
+        self._resubmit_unknown = resubmit_unknown
         self._submit = submit
         self._attach = attach
         self._clock = clock
@@ -250,14 +252,15 @@ class Batch:
                     tg.start_soon(self._item, index, request, resumed)
 
     def _worth_retrying(self, resumed: TaskHandle | Outcome | None) -> bool:
-        """Whether ``retry_failed`` submits this item again: its task, in an earlier run,
-        failed for upstream's own reasons (``TaskFailed.retryable``)."""
-        return (
-            self._retry_failed
-            and isinstance(resumed, Outcome)
-            and isinstance(resumed.error, TaskFailed)
-            and resumed.error.retryable
-        )
+        """Whether this item is submitted again: with ``retry_failed``, its task failed in an
+        earlier run for upstream's own reasons (``TaskFailed.retryable``); with
+        ``resubmit_unknown``, an earlier run lost its submit's answer (a task may exist)."""
+        if not isinstance(resumed, Outcome):
+            return False
+        error = resumed.error
+        if isinstance(error, SubmitOutcomeUnknown):
+            return self._resubmit_unknown
+        return self._retry_failed and isinstance(error, TaskFailed) and error.retryable
 
     def _crashed(self, error: BaseException) -> None:
         if self._crash is None:

@@ -438,6 +438,7 @@ class WanClient:
         journal: str | os.PathLike[str] | None = None,
         download_dir: str | os.PathLike[str] | None = None,
         retry_failed: bool = False,
+        resubmit_unknown: bool = False,
     ) -> OutcomeStream:
         """Run a batch and yield each item's :class:`Outcome` as it ends.
 
@@ -465,6 +466,9 @@ class WanClient:
                 in the journal; failures of the request itself (content inspection, invalid
                 parameters) come back from the journal as before. Each resubmit is a new,
                 billed task.
+            resubmit_unknown: with ``journal``, submit again the items whose submit's answer
+                an earlier run lost (:class:`SubmitOutcomeUnknown`). Their first task may
+                exist and be billed: this may pay twice for them. Say so to whoever decides.
 
         Every item yields exactly one outcome; items cut short by the deadline or a stop end
         with :class:`DeadlineExceeded` or :class:`BatchAborted`. Leaving the loop early stops
@@ -474,10 +478,10 @@ class WanClient:
         """
         check_seconds("timeout", timeout)
         check_seconds("deadline", deadline)
-        if retry_failed and journal is None:
+        if (retry_failed or resubmit_unknown) and journal is None:
             msg = (
-                "retry_failed=True resubmits the failures an earlier run recorded in its "
-                "journal: pass journal= as well"
+                "retry_failed=True and resubmit_unknown=True act on what an earlier run "
+                "recorded in its journal: pass journal= as well"
             )
             raise ValueError(msg)
         if max_in_flight is not None:
@@ -493,6 +497,7 @@ class WanClient:
             journal=journal,
             download_dir=download_dir,
             retry_failed=retry_failed,
+            resubmit_unknown=resubmit_unknown,
         )
         stream = OutcomeStream(outcomes, controls)
         return stream
@@ -509,6 +514,7 @@ class WanClient:
         journal: str | os.PathLike[str] | None,
         download_dir: str | os.PathLike[str] | None,
         retry_failed: bool,
+        resubmit_unknown: bool,
     ) -> AsyncGenerator[Outcome, None]:
         task_group = await self._group()
         items = _checked_requests(requests)
@@ -532,6 +538,7 @@ class WanClient:
             deadline=deadline,
             fail_fast=fail_fast,
             retry_failed=retry_failed,
+            resubmit_unknown=resubmit_unknown,
         )
         self._batches.add(batch)
         controls.bind(batch.stop, batch.discard)
@@ -580,6 +587,7 @@ class WanClient:
         journal: str | os.PathLike[str] | None = None,
         download_dir: str | os.PathLike[str] | None = None,
         retry_failed: bool = False,
+        resubmit_unknown: bool = False,
     ) -> list[VideoResult]: ...
 
     @overload
@@ -595,6 +603,7 @@ class WanClient:
         journal: str | os.PathLike[str] | None = None,
         download_dir: str | os.PathLike[str] | None = None,
         retry_failed: bool = False,
+        resubmit_unknown: bool = False,
     ) -> list[Outcome]: ...
 
     async def generate_many(
@@ -609,6 +618,7 @@ class WanClient:
         journal: str | os.PathLike[str] | None = None,
         download_dir: str | os.PathLike[str] | None = None,
         retry_failed: bool = False,
+        resubmit_unknown: bool = False,
     ) -> list[VideoResult] | list[Outcome]:
         """Run a batch and return its results in input order.
 
@@ -633,6 +643,7 @@ class WanClient:
             journal=journal,
             download_dir=download_dir,
             retry_failed=retry_failed,
+            resubmit_unknown=resubmit_unknown,
         ):
             outcomes[outcome.index] = outcome
         complete = [

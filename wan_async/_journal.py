@@ -17,9 +17,11 @@ Lines (``"i"`` is the item's index in the batch, ``"fp"`` its request's fingerpr
     {"event": "finished", "i": 5, "task_id": "task_…", "status": "FAILURE", "code": "…", …}
     {"event": "retry", "i": 5, "attempt": 2, "after": "task_…", "code": "InternalError.Algo"}
 
-A ``retry`` line (``retry_failed=True``) starts a new attempt of an item whose task failed
-for upstream's own reasons: the lines after it are that attempt's, and the failed task stays
-named in it. Journals written before it existed are read as they were.
+A ``retry`` line starts a new attempt of an item whose task failed for upstream's own
+reasons (``retry_failed=True``) or whose submit's outcome was unknown
+(``resubmit_unknown=True``, ``after`` is then ``null``): the lines after it are that
+attempt's, and a failed task stays named in it. Journals written before it existed are
+read as they were.
 
 ``submitting`` is written just before the request goes out (after the item has waited for its
 turn, the request budget and any retry back-off), so only a request that may really have been
@@ -189,15 +191,15 @@ class Journal:
         return None, failed
 
     async def retry(self, index: int) -> None:
-        """Record that item ``index``, whose task failed, is submitted again as a new attempt."""
+        """Record that item ``index`` is submitted again as a new attempt: its task failed,
+        or its submit's outcome was unknown (``after`` is then ``None``)."""
         state = self._states[index]
-        assert state.final is not None
         line = {
             "event": "retry",
             "i": index,
             "attempt": state.attempt + 1,
             "after": state.task_id,
-            "code": state.final.get("code"),
+            "code": None if state.final is None else state.final.get("code"),
         }
         await self._write(line)
         state.new_attempt()

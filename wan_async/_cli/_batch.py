@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -102,6 +103,8 @@ async def batch(args: argparse.Namespace, ctx: Context) -> int:
     for folder in (paths.out_dir, paths.journal.parent, paths.results.parent):
         _make_dir(folder)
     resuming = paths.journal.exists()
+    if args.resubmit_unknown:
+        _confirm_resubmit(paths.journal, yes=args.yes)
     display = ctx.display()
     run: BatchRun | None = None
     refused = False
@@ -119,6 +122,7 @@ async def batch(args: argparse.Namespace, ctx: Context) -> int:
                     journal=paths.journal,
                     max_in_flight=args.concurrency,
                     retry_failed=args.retry_failed,
+                    resubmit_unknown=args.resubmit_unknown,
                 )
             except BaseException as exc:
                 # Refused up front (e.g. another batch's journal): touch nothing.
@@ -140,6 +144,24 @@ async def batch(args: argparse.Namespace, ctx: Context) -> int:
         print_summary(run.rows(), rich=rich, elapsed=run.elapsed(), requests=run.requests())
         print(f"results: {paths.results}")
     return _exit_code(run, paths.results, ctx)
+
+
+def _confirm_resubmit(journal: Path, *, yes: bool) -> None:
+    """Ask before resubmitting items whose first task may exist (``--yes`` answers it)."""
+    unknown = sum(task_id is None for task_id in recorded_submits(journal).values())
+    if unknown == 0 or yes:
+        return
+    question = (
+        f"{unknown} item{'s' if unknown > 1 else ''} of {journal} lost the answer to the "
+        "submit: a task may exist for each and be billed. Submitting again may pay twice "
+        "for them. Resubmit? [y/N] "
+    )
+    if not sys.stdin.isatty():
+        msg = question.removesuffix(" Resubmit? [y/N] ") + " Pass --yes to resubmit them."
+        raise CLIError(msg, code=ExitCode.USAGE)
+    if input(question).strip().lower() not in ("y", "yes"):
+        msg = "not resubmitted: nothing was sent"
+        raise CLIError(msg, code=ExitCode.USAGE)
 
 
 def _dry_run(items: Sequence[Item], paths: Paths, ctx: Context) -> int:
@@ -199,7 +221,12 @@ class BatchRun:
         self._watched_ends = 0
 
     async def run(
-        self, *, journal: Path, max_in_flight: int | None, retry_failed: bool = False
+        self,
+        *,
+        journal: Path,
+        max_in_flight: int | None,
+        retry_failed: bool = False,
+        resubmit_unknown: bool = False,
     ) -> None:
         """Run the batch to its end; downloads overlap with the tasks still running."""
         self._client.add_status_listener(self._on_status)
@@ -213,6 +240,7 @@ class BatchRun:
                         max_in_flight=max_in_flight,
                         journal=journal,
                         retry_failed=retry_failed,
+                        resubmit_unknown=resubmit_unknown,
                     )
                     async for outcome in outcomes:
                         self._on_outcome(outcome, downloads)
@@ -453,6 +481,12 @@ def print_summary(rows: Sequence[Row], *, rich: bool, elapsed: float, requests: 
         f"{ok}/{len(rows)} videos saved ({len(rows) - ok - unknown} failed, {unknown} unknown) "
         f"in {format_seconds(elapsed)}; {requests}"
     )
+    if unknown:
+        print(
+            f"{unknown} item{'s' if unknown > 1 else ''} with an unknown outcome: the answer "
+            "to the submit was lost, so a task may exist (and be billed) with no id to find "
+            "it by. Rerun with --resubmit-unknown to submit them again (which may pay twice)."
+        )
 
 
 def _print_table(rows: Sequence[Row], *, rich: bool) -> None:

@@ -159,6 +159,17 @@ def _add_batch(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "the request itself (moderation, invalid parameters) are not",
     )
     parser.add_argument(
+        "--resubmit-unknown",
+        action="store_true",
+        help="submit again the items whose submit's answer an earlier run lost (a task may "
+        "exist for each, so this may pay twice); asks first unless --yes",
+    )
+    parser.add_argument(
+        "--yes",
+        action="store_true",
+        help="answer yes to --resubmit-unknown's question (needed when stdin is not a terminal)",
+    )
+    parser.add_argument(
         "--dry-run",
         action="store_true",
         help="validate every item and print the tasks and seconds of video per model and "
