@@ -119,7 +119,10 @@ async def test_a_deadline_lets_a_submit_on_the_wire_finish_and_reports_its_task(
     (task,) = gateway.tasks()
     assert only.task_id == task.task_id
     assert only.error.task_id == task.task_id
-    assert {"event": "submitted", "i": 0, "task_id": task.task_id} in lines(journal)
+    assert any(
+        (e["event"], e.get("i"), e.get("task_id")) == ("submitted", 0, task.task_id)
+        for e in lines(journal)
+    )
 
 
 async def test_leaving_as_completed_during_a_submit_keeps_its_task_id(

@@ -360,22 +360,31 @@ async def test_rich_progress_and_the_plain_fallback(
     assert gw.stats.tasks_created == created  # refused before anything was paid for
 
 
-async def test_journal_of_another_batch_is_refused_and_nothing_is_touched(
+async def test_an_edited_prompts_file_reruns_only_what_changed(
     gw: FakeGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Changed prompts with the old --out-dir: exit 3, the old journal and results stay."""
+    """A prompt reworded and one appended: the rerun submits those two only (by the
+    simulator's own counters) and says what it did; the old video stays on disk (a rerun of
+    an edited file was refused, and a new journal would have billed everything again)."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("first prompt\nsecond prompt\n")
     out = tmp_path / "videos"
-    args = ("batch", str(prompts), "--out-dir", str(out), "--api-key", KEY, "-q")
+    args = ("batch", str(prompts), "--out-dir", str(out), "--api-key", KEY, "--progress", "plain")
     assert await run_main(*args, gw=gw) == 0
-    assert capsys.readouterr().out == ""  # --quiet: no progress, no summary
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
-    prompts.write_text("first prompt\nsecond prompt, reworded\n")
-    assert await run_main(*args, gw=gw) == 3
-    assert "belongs to another batch" in capsys.readouterr().err
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert gw.stats.tasks_created == 2
+    first = {r["prompt"]: r["task_id"] for r in results(out / "results.jsonl")}
+    capsys.readouterr()
+    prompts.write_text("first prompt\nsecond prompt, reworded\nthird prompt\n")
+    assert await run_main(*args, gw=gw) == 0
+    said = capsys.readouterr().out
+    assert "1 recorded before, 2 new, 1 removed (not touched)" in said
+    rows = results(out / "results.jsonl")
+    assert [(r["status"], r["removed"]) for r in rows] == [("succeeded", False)] * 3 + [
+        ("succeeded", True)  # the reworded prompt's first task: paid for, kept on record
+    ]
+    assert rows[0]["task_id"] == first["first prompt"]
+    assert rows[3]["task_id"] == first["second prompt"]
+    assert gw.stats.tasks_created == 4
+    assert gw.stats.tasks_per_prompt["second prompt"] == 1
 
 
 async def test_wait_with_a_wrong_key_exits_4_at_once(

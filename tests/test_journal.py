@@ -43,10 +43,11 @@ async def test_journal_records_every_step(gateway: FakeGateway, tmp_path: Path) 
     assert [o.ok for o in outcomes] == [True, True, True, False]
     events = lines(journal)
     assert events[0]["event"] == "batch"
-    assert events[0]["fingerprints"] == [fingerprint(r) for r in requests]
+    assert events[0] == {"event": "batch", "version": 2}
     for i in range(4):
-        mine = [e["event"] for e in events if e.get("i") == i]
-        assert mine == ["submitting", "submitted", "finished"]
+        mine = [e for e in events if e.get("i") == i]
+        assert [e["event"] for e in mine] == ["submitting", "submitted", "finished"]
+        assert {e["k"] for e in mine} == {fingerprint(requests[i])}
     failed = next(e for e in events if e.get("i") == 3 and e["event"] == "finished")
     assert failed["status"] == "FAILURE"
     assert failed["code"] == "DataInspectionFailed"
@@ -87,16 +88,80 @@ async def test_unknown_submit_is_reported_not_resubmitted(
     assert max(gateway.stats.tasks_per_prompt.values()) == 1
 
 
-async def test_journal_of_another_batch_is_refused(gateway: FakeGateway, tmp_path: Path) -> None:
-    """Fingerprints that do not match the batch: a clear error before anything is sent."""
+async def test_an_edited_batch_runs_only_its_new_and_changed_items(
+    gateway: FakeGateway, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Rerun with one prompt reworded, one appended, one removed and the rest reordered:
+    only the reworded and the appended are submitted (the simulator's own counters), the
+    unchanged come back from the journal by request, not by position, and the removed one's
+    lines stay in the journal (it was refused with ``JournalError``: the advice, a new
+    journal, would have billed everything again)."""
     journal = tmp_path / "batch.jsonl"
+    first = batch(4)
     async with make_client(gateway) as client:
-        await client.generate_many(batch(2), journal=journal)
-        sent = sum(gateway.stats.requests.values())
-        other = [VideoRequest(prompt="something else", model="wan2.6-t2v"), *batch(2)[1:]]
-        with pytest.raises(JournalError, match="another batch"):
-            await client.generate_many(other, journal=journal)
-    assert sum(gateway.stats.requests.values()) == sent
+        done = await client.generate_many(first, return_outcomes=True, journal=journal)
+    ids = {o.request.prompt: o.task_id for o in done}
+    reworded = VideoRequest(prompt="resumable item 1, reworded", model="wan2.6-t2v")
+    appended = VideoRequest(prompt="resumable item 9", model="wan2.6-t2v")
+    edited = [first[3], first[0], reworded, appended]  # item 2 removed
+    before = gateway.stats.outcomes("get")
+    with caplog.at_level("INFO", logger="wan_async"):
+        async with make_client(gateway) as client:
+            again = await client.generate_many(edited, return_outcomes=True, journal=journal)
+    assert all(o.ok for o in again)
+    assert [o.task_id for o in again[:2]] == [ids[first[3].prompt], ids[first[0].prompt]]
+    assert gateway.stats.tasks_created == 6
+    assert gateway.stats.tasks_per_prompt[reworded.prompt] == 1
+    assert gateway.stats.tasks_per_prompt[first[2].prompt] == 1  # removed: not touched
+    assert sum(before.values()) < sum(gateway.stats.outcomes("get").values())
+    assert "2 recorded before, 2 new, 2 removed (not touched)" in caplog.text
+    assert any(e.get("task_id") == ids[first[2].prompt] for e in lines(journal))
+    async with make_client(gateway) as client:  # the original batch again: nothing to send
+        original = await client.generate_many(first, return_outcomes=True, journal=journal)
+    assert [o.task_id for o in original] == [ids[r.prompt] for r in first]
+    assert gateway.stats.tasks_created == 6
+
+
+async def test_identical_requests_in_one_batch_are_separate_items(
+    gateway: FakeGateway, tmp_path: Path
+) -> None:
+    """The same request twice is two tasks (two videos asked for), and a rerun with a third
+    copy submits only the third."""
+    journal = tmp_path / "batch.jsonl"
+    twice = [batch(1)[0], batch(1)[0]]
+    async with make_client(gateway) as client:
+        await client.generate_many(twice, journal=journal)
+        assert gateway.stats.tasks_created == 2
+        await client.generate_many([*twice, batch(1)[0]], journal=journal)
+    assert gateway.stats.tasks_created == 3
+
+
+async def test_a_version_1_journal_resumes_and_is_appended_to(
+    gateway: FakeGateway, tmp_path: Path
+) -> None:
+    """A journal written before items were keyed (header with every fingerprint, lines by
+    index) resumes without resubmitting, also with the batch edited."""
+    journal = tmp_path / "batch.jsonl"
+    requests = batch(2)
+    async with make_client(gateway) as client:
+        created = [await client.create_task(r) for r in requests]
+    header = {"event": "batch", "version": 1, "fingerprints": [fingerprint(r) for r in requests]}
+    old = [header] + [
+        line
+        for i, task in enumerate(created)
+        for line in (
+            {"event": "submitting", "i": i, "fp": fingerprint(requests[i]), "at": 1.0},
+            {"event": "submitted", "i": i, "task_id": task.task_id},
+        )
+    ]
+    journal.write_text("".join(json.dumps(line) + "\n" for line in old))
+    async with make_client(gateway) as client:
+        outcomes = await client.generate_many(
+            [requests[1], *requests[:1], *batch(3)[2:]], return_outcomes=True, journal=journal
+        )
+    assert [o.task_id for o in outcomes[:2]] == [created[1].task_id, created[0].task_id]
+    assert all(o.ok for o in outcomes)
+    assert gateway.stats.tasks_created == 3
 
 
 async def test_unwritable_journal_fails_before_any_submit(

@@ -157,7 +157,7 @@ class BatchAborted(WanError):
 
 
 class JournalError(WanError):
-    """A batch journal cannot be read or written, or belongs to another batch."""
+    """A batch journal cannot be read or written, is damaged, or another run holds it."""
 
 
 class SubmitOutcomeUnknown(WanError):

@@ -2,20 +2,30 @@
 
 Running the same batch again with the same journal resumes it (after a crash, ``kill -9``
 included): finished items come back from the journal without a request, submitted ones are
-re-attached by task id, and only items never submitted are submitted. An item whose submit
-was under way when the previous run died, or whose submit outcome was unknown, is reported as
-:class:`~wan_async.SubmitOutcomeUnknown` and never resubmitted: its task may exist.
+re-attached by task id, and only items never submitted are submitted. Items are known by
+their request's fingerprint, not their position: a rerun of an edited batch (items added,
+changed, reordered or removed) submits only the requests the journal has never seen, and an
+item removed from the batch is left alone (its lines stay; its task is not forgotten).
+An item whose submit was under way when the previous run died, or whose submit outcome was
+unknown, is reported as :class:`~wan_async.SubmitOutcomeUnknown` and never resubmitted
+(unless asked: ``resubmit_unknown``): its task may exist.
 
-Lines (``"i"`` is the item's index in the batch, ``"fp"`` its request's fingerprint)::
+Lines (``"k"`` is the item's key: its request's fingerprint, with ``#2``, ``#3``... for
+the second, third... identical request of one batch; ``"i"`` its index in the run that
+wrote the line, for people reading the file)::
 
-    {"event": "batch", "version": 1, "fingerprints": ["…", …]}
-    {"event": "submitting", "i": 3, "fp": "…", "at": 1765328779.1}
-    {"event": "submitted", "i": 3, "task_id": "task_…"}
-    {"event": "unknown", "i": 4, "at": 1765328779.2, "error": "…"}
-    {"event": "refused", "i": 6, "error": "…"}
-    {"event": "finished", "i": 3, "task_id": "task_…", "status": "SUCCESS", "video_url": "…"}
-    {"event": "finished", "i": 5, "task_id": "task_…", "status": "FAILURE", "code": "…", …}
-    {"event": "retry", "i": 5, "attempt": 2, "after": "task_…", "code": "InternalError.Algo"}
+    {"event": "batch", "version": 2}
+    {"event": "submitting", "k": "…", "i": 3, "at": 1765328779.1}
+    {"event": "submitted", "k": "…", "i": 3, "task_id": "task_…"}
+    {"event": "unknown", "k": "…", "i": 4, "at": 1765328779.2, "error": "…"}
+    {"event": "refused", "k": "…", "i": 6, "error": "…"}
+    {"event": "finished", "k": "…", "i": 3, "task_id": "task_…", "status": "SUCCESS", …}
+    {"event": "finished", "k": "…", "i": 5, "task_id": "task_…", "status": "FAILURE", …}
+    {"event": "retry", "k": "…", "i": 5, "attempt": 2, "after": "task_…", "code": "…"}
+
+Version 1 journals (a header with every item's fingerprint, lines with ``"i"`` only) are
+read as they are: a line without ``"k"`` names the item at that index of its header, and
+lines written by this version are appended to them.
 
 A ``retry`` line starts a new attempt of an item whose task failed for upstream's own
 reasons (``retry_failed=True``) or whose submit's outcome was unknown
@@ -38,6 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -61,7 +72,37 @@ from ._files import open_private_append
 from ._models import VideoRequest, VideoResult
 from ._serde import request_to_wire
 
-JOURNAL_VERSION = 1
+logger = logging.getLogger("wan_async")
+
+JOURNAL_VERSION = 2
+
+
+def item_keys(fingerprints: Sequence[str]) -> list[str]:
+    """Each item's key: its fingerprint, ``#n`` added for the n-th identical request."""
+    seen: dict[str, int] = {}
+    keys = []
+    for fp in fingerprints:
+        seen[fp] = seen.get(fp, 0) + 1
+        keys.append(fp if seen[fp] == 1 else f"{fp}#{seen[fp]}")
+    return keys
+
+
+@attrs.frozen(kw_only=True)
+class Changes:
+    """How a batch compares with what its journal already holds."""
+
+    #: Items of the batch the journal has lines for (done, running or unknown).
+    before: int
+    #: Items of the batch the journal has never seen: they will be submitted.
+    new: int
+    #: Items the journal holds that are no longer in the batch: not touched.
+    removed: int
+
+    def describe(self) -> str:
+        """E.g. ``"298 recorded before, 2 new, 1 removed (not touched)"``."""
+        return (
+            f"{self.before} recorded before, {self.new} new, {self.removed} removed (not touched)"
+        )
 
 
 def fingerprint(request: VideoRequest) -> str:
@@ -84,6 +125,8 @@ class ItemState:
     unknown_reason: str | None = None
     #: The item's final line, once it ended for good.
     final: dict[str, Any] | None = None
+    #: Whether the journal has any line for the item.
+    recorded: bool = False
     #: Which attempt the lines now describe (a ``retry`` line starts the next one).
     attempt: int = 1
     #: The task ids of earlier attempts that failed, oldest first.
@@ -106,26 +149,37 @@ class ItemState:
 class Journal:
     """An open journal for one batch. Create it with :meth:`open`."""
 
-    def __init__(self, path: Path, file: IO[bytes], states: list[ItemState]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        file: IO[bytes],
+        keys: list[str],
+        by_key: dict[str, ItemState],
+    ) -> None:
         self.path = path
         self._file = file
-        self._states = states
+        self._keys = keys
+        #: The states of this batch's items, by index (shared with ``by_key``).
+        self._states = [by_key[k] for k in keys]
+        self.changes = _changes(keys, by_key)
         self._lock = anyio.Lock()
 
     @classmethod
     async def open(cls, path: str | os.PathLike[str], requests: Sequence[VideoRequest]) -> Journal:
         """Open (or create) the journal of a batch of ``requests``.
 
+        Items are matched by their request (see :func:`item_keys`), so the batch may differ
+        from the one that wrote the journal; :attr:`changes` says how.
+
         Raises:
-            JournalError: the journal cannot be read or written, is not a journal, or belongs
-                to another batch (its fingerprints differ from these requests').
+            JournalError: the journal cannot be read or written, or is not a journal.
         """
-        fingerprints = [fingerprint(r) for r in requests]
-        return await anyio.to_thread.run_sync(cls._open_sync, Path(path), fingerprints)
+        keys = item_keys([fingerprint(r) for r in requests])
+        return await anyio.to_thread.run_sync(cls._open_sync, Path(path), keys)
 
     @classmethod
-    def _open_sync(cls, path: Path, fingerprints: list[str]) -> Journal:
-        states = [ItemState(fingerprint=fp) for fp in fingerprints]
+    def _open_sync(cls, path: Path, keys: list[str]) -> Journal:
+        by_key = {key: ItemState(fingerprint=key) for key in keys}
         try:
             file = open_private_append(path)
         except OSError as exc:
@@ -143,7 +197,7 @@ class Journal:
             complete, _, _ = existing.rpartition(b"\n")
             lines = complete.decode("utf-8", "replace").splitlines() if complete else []
             if lines:
-                _replay(path, lines, fingerprints, states)
+                _replay(path, lines, by_key)
             kept = len(complete) + (1 if complete else 0)
             if kept != len(existing):
                 file.truncate(kept)
@@ -154,11 +208,11 @@ class Journal:
         except BaseException:
             file.close()
             raise
-        journal = cls(path, file, states)
+        journal = cls(path, file, keys, by_key)
         if not lines:
-            journal._write_sync(
-                {"event": "batch", "version": JOURNAL_VERSION, "fingerprints": fingerprints}
-            )
+            journal._write_sync({"event": "batch", "version": JOURNAL_VERSION})
+        elif journal.changes.new or journal.changes.removed:
+            logger.info("journal %s: %s", path, journal.changes.describe())
         return journal
 
     def state(self, index: int) -> ItemState:
@@ -207,9 +261,7 @@ class Journal:
     async def submitting(self, index: int, at: float) -> None:
         """Record, before the request is sent, that item ``index`` is being submitted."""
         self._states[index].submitting_at = at
-        await self._write(
-            {"event": "submitting", "i": index, "fp": self._states[index].fingerprint, "at": at}
-        )
+        await self._write({"event": "submitting", "i": index, "at": at})
 
     async def submitted(self, index: int, task_id: str) -> None:
         """Record the task id of item ``index`` as soon as the submit returned it."""
@@ -278,6 +330,9 @@ class Journal:
             raise self._unwritable(exc) from None
 
     async def _write(self, line: dict[str, Any]) -> None:
+        if "i" in line:  # an item's line: named by its key first
+            self._states[line["i"]].recorded = True
+            line = {"event": line["event"], "k": self._keys[line["i"]]} | line
         # One writer at a time keeps lines whole and in order; the thread keeps fsync off
         # the event loop.
         async with self._lock:
@@ -314,36 +369,23 @@ def _lock_exclusively(file: IO[bytes], path: Path) -> None:
         raise JournalError(msg) from None
 
 
-def _replay(path: Path, lines: list[str], fingerprints: list[str], states: list[ItemState]) -> None:
-    """Rebuild item states from a journal's lines, refusing one of another batch."""
+def _replay(path: Path, lines: list[str], by_key: dict[str, ItemState]) -> None:
+    """Rebuild item states from a journal's lines; items the batch no longer has are added
+    to ``by_key`` too (they are counted as removed, never touched)."""
     where = repr(str(path))
-    try:
-        header = json.loads(lines[0])
-    except ValueError:
-        header = None
-    if not isinstance(header, dict) or header.get("event") != "batch":
-        msg = f"{where} is not a wan_async journal (its first line is not a batch header)"
-        raise JournalError(msg)
-    if header.get("fingerprints") != fingerprints:
-        old = header.get("fingerprints") or []
-        diff = next(
-            (i for i, (a, b) in enumerate(zip(old, fingerprints, strict=False)) if a != b),
-            min(len(old), len(fingerprints)),
-        )
-        msg = (
-            f"the journal {where} belongs to another batch: it has {len(old)} items, this batch "
-            f"{len(fingerprints)}, and they first differ at item {diff}; use a new journal "
-            "path, or run the batch the journal was written for"
-        )
-        raise JournalError(msg)
+    old_keys = _header_keys(path, lines[0])
     for number, text in enumerate(lines[1:], start=2):
         try:
             line = json.loads(text)
-            state = states[int(line["i"])]
+            key = _line_key(line, old_keys)
             event = line["event"]
         except (ValueError, KeyError, IndexError, TypeError):
             msg = f"the journal {where} is damaged at line {number}; it cannot be resumed"
             raise JournalError(msg) from None
+        state = by_key.get(key)
+        if state is None:
+            state = by_key[key] = ItemState(fingerprint=key)
+        state.recorded = True
         if event == "submitting":
             state.submitting_at = float(line.get("at") or 0.0)
         elif event == "submitted":
@@ -362,6 +404,57 @@ def _replay(path: Path, lines: list[str], fingerprints: list[str], states: list[
                 state.final = line  # older journals' not-found lines are attached again
 
 
+def _changes(keys: Sequence[str], by_key: dict[str, ItemState]) -> Changes:
+    current = set(keys)
+    states = [by_key[k] for k in keys]
+    return Changes(
+        before=sum(state.recorded for state in states),
+        new=sum(not state.recorded for state in states),
+        removed=sum(s.recorded for k, s in by_key.items() if k not in current),
+    )
+
+
+def compare(path: str | os.PathLike[str], requests: Sequence[VideoRequest]) -> Changes | None:
+    """How ``requests`` compare with what the journal at ``path`` holds, read-only; ``None``
+    if there is no journal there (or it cannot be read: opening it will say why)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    complete, _, _ = text.rpartition("\n")
+    lines = complete.splitlines()
+    if not lines:
+        return None
+    keys = item_keys([fingerprint(r) for r in requests])
+    by_key = {key: ItemState(fingerprint=key) for key in keys}
+    try:
+        _replay(Path(path), lines, by_key)
+    except JournalError:
+        return None
+    return _changes(keys, by_key)
+
+
+def _header_keys(path: Path, text: str) -> list[str]:
+    """The item keys a version 1 header lists (none for version 2), or JournalError."""
+    try:
+        header = json.loads(text)
+    except ValueError:
+        header = None
+    if not isinstance(header, dict) or header.get("event") != "batch":
+        msg = f"{str(path)!r} is not a wan_async journal (its first line is not a batch header)"
+        raise JournalError(msg)
+    fingerprints = header.get("fingerprints") or []
+    return item_keys([str(fp) for fp in fingerprints])
+
+
+def _line_key(line: dict[str, Any], old_keys: Sequence[str]) -> str:
+    """Which item a line is about: its ``k``, or (version 1) its index in the header."""
+    key = line.get("k")
+    if isinstance(key, str) and key:
+        return key
+    return old_keys[int(line["i"])]
+
+
 #: How long the gateway keeps a task (SPEC: task ids expire after 24 hours).
 TASK_LIFETIME = 24 * 3600.0
 
@@ -373,26 +466,49 @@ def _expired(state: ItemState, at: object) -> bool:
     return at - state.submitting_at >= TASK_LIFETIME
 
 
-def recorded_submits(path: str | os.PathLike[str]) -> dict[int, str | None]:
+def recorded_submits(
+    path: str | os.PathLike[str], requests: Sequence[VideoRequest] | None = None
+) -> dict[int, str | None]:
     """What a journal file says was sent, read-only: item index -> task id.
 
-    The id is ``None`` for an item whose submit was started and never answered (nor refused):
-    its task may exist. Items never sent, or certainly refused, are absent. A missing file,
-    and lines that cannot be read, record nothing: this is for reporting, not for resuming.
+    The index is that of the item in ``requests`` (items the journal holds that ``requests``
+    lacks are left out); without ``requests``, the index each line was written with. The id
+    is ``None`` for an item whose submit was started and never answered (nor refused): its
+    task may exist. Items never sent, or certainly refused, are absent. A missing file, and
+    lines that cannot be read, record nothing: this is for reporting, not for resuming.
     """
     try:
         text = Path(path).read_text(encoding="utf-8", errors="replace")
     except OSError:
         return {}
+    raw_lines = text.splitlines()
+    if not raw_lines:
+        return {}
+    index_of: dict[str, int] | None = None
+    old_keys: list[str] = []
+    if requests is not None:
+        keys = item_keys([fingerprint(r) for r in requests])
+        index_of = {key: i for i, key in enumerate(keys)}
+        try:
+            old_keys = _header_keys(Path(path), raw_lines[0])
+        except JournalError:
+            return {}
     sent: dict[int, str | None] = {}
-    for raw in text.splitlines()[1:]:
+    for raw in raw_lines[1:]:
         try:
             line = json.loads(raw)
-            index, event = int(line["i"]), line["event"]
-        except (ValueError, KeyError, TypeError):
+            event = line["event"]
+            if index_of is None:
+                index = int(line["i"])
+            else:
+                found = index_of.get(_line_key(line, old_keys))
+                if found is None:
+                    continue
+                index = found
+        except (ValueError, KeyError, TypeError, IndexError):
             continue
         task_id = line.get("task_id")
-        if event == "refused":
+        if event in ("refused", "retry"):
             sent.pop(index, None)
         elif isinstance(task_id, str) and task_id:
             sent[index] = task_id

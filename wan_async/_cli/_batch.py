@@ -35,8 +35,8 @@ from .._exceptions import (
 )
 from .._files import replace_private
 from .._handle import TaskHandle
-from .._journal import recorded_submits
-from .._models import TaskSnapshot, TaskStatus, VideoResult
+from .._journal import compare, recorded_submits
+from .._models import TaskSnapshot, TaskStatus, VideoRequest, VideoResult
 from ._connect import open_client
 from ._context import Context
 from ._display import BatchView, Display, format_seconds
@@ -73,6 +73,9 @@ class Row:
     video_url: str | None = None
     error_code: str | None = None
     error_message: str | None = None
+    #: The item is no longer in the prompts file; its row is kept from an earlier run (its
+    #: task was paid for), ``index`` and ``line`` as they were then.
+    removed: bool = False
 
 
 @attrs.frozen(kw_only=True)
@@ -104,7 +107,7 @@ async def batch(args: argparse.Namespace, ctx: Context) -> int:
         _make_dir(folder)
     resuming = paths.journal.exists()
     if args.resubmit_unknown:
-        _confirm_resubmit(paths.journal, yes=args.yes)
+        _confirm_resubmit(paths.journal, [item.request for item in items], yes=args.yes)
     display = ctx.display()
     run: BatchRun | None = None
     refused = False
@@ -113,7 +116,9 @@ async def batch(args: argparse.Namespace, ctx: Context) -> int:
             if ctx.connection.simulate:
                 ctx.say(f"simulating the gateway offline ({ctx.connection.time_scale:g}x time)")
             if resuming:
-                ctx.say(f"resuming from {paths.journal}")
+                changes = compare(paths.journal, [item.request for item in items])
+                told = f": {changes.describe()}" if changes else ""
+                ctx.say(f"resuming from {paths.journal}{told}")
             run = BatchRun(client, items, out_dir=paths.out_dir, display=display)
             # From now on a Ctrl-C leaves a results file (written below) to point to.
             ctx.interrupt_hint = _interrupt_hint(paths, simulate=ctx.connection.simulate)
@@ -125,14 +130,14 @@ async def batch(args: argparse.Namespace, ctx: Context) -> int:
                     resubmit_unknown=args.resubmit_unknown,
                 )
             except BaseException as exc:
-                # Refused up front (e.g. another batch's journal): touch nothing.
+                # Refused up front (e.g. a journal another run holds): touch nothing.
                 refused = isinstance(leaf_error(exc), JournalError) and not run.begun()
                 raise
     finally:
         # Only now, the client closed: every task of the batch has ended and every line of
         # its journal is on disk, so the journal tells which items were sent, with their ids.
         if run is not None and not refused:
-            run.learn_submits(recorded_submits(paths.journal))
+            run.learn_submits(recorded_submits(paths.journal, [item.request for item in items]))
             _after_run(run, paths, simulate=ctx.connection.simulate)
     ctx.interrupt_hint = None
     if not resuming and run.nothing_created():
@@ -146,9 +151,9 @@ async def batch(args: argparse.Namespace, ctx: Context) -> int:
     return _exit_code(run, paths.results, ctx)
 
 
-def _confirm_resubmit(journal: Path, *, yes: bool) -> None:
+def _confirm_resubmit(journal: Path, requests: Sequence[VideoRequest], *, yes: bool) -> None:
     """Ask before resubmitting items whose first task may exist (``--yes`` answers it)."""
-    unknown = sum(task_id is None for task_id in recorded_submits(journal).values())
+    unknown = sum(task_id is None for task_id in recorded_submits(journal, requests).values())
     if unknown == 0 or yes:
         return
     question = (
@@ -178,11 +183,34 @@ def _dry_run(items: Sequence[Item], paths: Paths, ctx: Context) -> int:
 
 def _after_run(run: BatchRun, paths: Paths, *, simulate: bool) -> None:
     """Write the results, also of a run cut short; forget a simulated run's journal then."""
-    write_results(paths.results, run.rows())
+    rows = run.rows()
+    write_results(paths.results, [*rows, *_removed_rows(paths.results, rows)])
     if simulate and not run.complete():
         # Its tasks lived in the simulator that stops now: a rerun could only report them
         # missing. (A complete run's journal keeps the finished items.)
         paths.journal.unlink(missing_ok=True)
+
+
+def _removed_rows(path: Path, rows: Sequence[Row]) -> list[Row]:
+    """The rows of an earlier run's results file for tasks no longer in the batch: a task
+    paid for is never dropped from the record because its prompt was edited out (a retried
+    item's earlier attempt is in the journal, its prompt still in the batch)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError:
+        return []
+    current = {row.task_id for row in rows if row.task_id}
+    prompts = {row.prompt for row in rows}  # an earlier attempt of an item still here
+    kept = []
+    for line in text.splitlines():
+        try:
+            old = json.loads(line)
+            row = Row(**{**old, "removed": True})
+        except (ValueError, TypeError):
+            continue
+        if row.task_id and row.task_id not in current and row.prompt not in prompts:
+            kept.append(row)
+    return kept
 
 
 def _interrupt_hint(paths: Paths, *, simulate: bool) -> str:
