@@ -21,9 +21,22 @@ The recipe:
 - ``GET /videos/{task_id}`` answers from the task's handle, which the shared poller keeps up to
   date: polling the app every second costs the gateway nothing more (the poller asks the
   gateway only when an answer can be new).
-- **Restarts lose nothing**: each task id is written to a small JSON file before the 202, and
-  at start-up the app re-attaches every stored id younger than a day (the gateway forgets
-  tasks after 24 h), so tasks submitted before a deploy or a crash are still answered.
+- **Restarts lose nothing**: each task id is appended to a JSON-lines file (one line, fsynced
+  before the 202), and at start-up the app re-attaches every stored id younger than a day (the
+  gateway forgets tasks after 24 h), so tasks submitted before a deploy or a crash are still
+  answered. Several worker processes on one host may share the file: appends never overwrite
+  each other, and a POST costs the same at 100,000 stored ids as at ten. The file is compacted
+  (ids older than a day dropped) at start-up and every hour while the app runs.
+- **Each worker answers for its own tasks**: a worker re-attaches the stored ids at start-up
+  only, so status for a task submitted on another worker since is a 404 there. Answering every
+  task on every worker needs a store the workers share live (a Redis store is planned); this
+  file store is for restarts, and for several workers on one host not losing each other's ids.
+- **A paid task is always answered**: once the submit has succeeded, a store that fails
+  (a full disk, a read-only volume) costs the task its re-attachment after a restart, logged
+  as an ERROR naming it, never the caller's 202: a 500 would make the caller retry and pay for
+  the same video twice.
+
+The store uses ``fcntl.flock``: POSIX only.
 """
 
 from __future__ import annotations
@@ -31,12 +44,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import fcntl
 import functools
 import json
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,6 +80,10 @@ DEFAULT_MODEL = "wan2.6-t2v"
 FIELDS = frozenset(field.name for field in attrs.fields(VideoRequest))
 #: Stored ids older than this are not re-attached: the gateway forgets tasks after 24 hours.
 MAX_AGE = 24 * 3600.0
+#: Seconds (of the client's clock) between two compactions of the store while the app runs.
+COMPACT_EVERY = 3600.0
+#: Read and write for the owner only: the store holds the task ids of paying users.
+PRIVATE = 0o600
 
 
 @dataclass(frozen=True)
@@ -76,42 +95,178 @@ class Settings:
     api_key: str | None = field(default=None, repr=False)
     #: The client's clock (tests share a ScaledClock with their FakeGateway).
     clock: Clock | None = None
+    #: Seconds of that clock between two compactions of the store while the app runs.
+    compact_every: float = COMPACT_EVERY
 
 
 class TaskStore:
-    """The task ids to re-attach after a restart: a small JSON file, replaced atomically."""
+    """The task ids to re-attach after a restart: a JSON-lines file that several worker
+    processes on one host may share.
+
+    - A submit appends one record, ``{"task_id": ..., "submitted_at": ...}``, in one
+      ``os.write`` to the file opened with ``O_APPEND``, fsynced before the caller's 202: no
+      writer overwrites another's ids, and an append costs the same whatever the file holds.
+    - Each record *starts* with a newline: one torn by a crash (a full disk, a power cut)
+      spoils only itself, never the record appended after it. Reading skips what does not
+      parse, and reads the old format too (one JSON object, ``{"tasks": {id: time}}``).
+    - :meth:`compact` drops the expired ids: it writes the ids kept to a temporary file of its
+      own (``mkstemp``, same folder) and renames it over the store, holding an exclusive
+      ``flock`` on ``<store>.lock``. Every append holds that lock shared, and opens the store
+      by name only once it holds it: it appends to the current file, never to one a compaction
+      has just renamed away, and a compaction never drops a line being appended.
+    - Every file is created 0600.
+
+    The methods other than :meth:`add` block: call them off the event loop.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._ids: dict[str, float] = {}
-        self._lock = asyncio.Lock()
-
-    def load(self) -> dict[str, float]:
-        """Read the stored ids (task id -> Unix time of submit); none if there is no file."""
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            data = {}
-        self._ids = {str(k): float(v) for k, v in data.get("tasks", {}).items()}
-        return dict(self._ids)
-
-    async def save(self, task_ids: dict[str, float]) -> None:
-        """Store exactly ``task_ids`` (dropping the ones no longer worth keeping)."""
-        async with self._lock:
-            self._ids = dict(task_ids)
-            await anyio.to_thread.run_sync(self._write)
+        #: The lock, in a file of its own: the store is replaced, the lock file never is (nor
+        #: deleted: a process holding it open would then lock a file no one else sees).
+        self.lock_path = path.with_name(path.name + ".lock")
 
     async def add(self, task_id: str, submitted_at: float) -> None:
         """Store one more id, on disk before the caller answers its user."""
-        async with self._lock:
-            self._ids[task_id] = submitted_at
-            await anyio.to_thread.run_sync(self._write)
+        await anyio.to_thread.run_sync(self.append, task_id, submitted_at)
 
-    def _write(self) -> None:
-        # Write beside, then rename: a crash leaves the old file or the new one, never half.
-        temporary = self.path.with_name(self.path.name + ".tmp")
-        temporary.write_text(json.dumps({"tasks": self._ids}, indent=1), encoding="utf-8")
-        os.replace(temporary, self.path)
+    def append(self, task_id: str, submitted_at: float) -> None:
+        """Append one id and fsync it.
+
+        Raises:
+            OSError: the store or its lock file cannot be written.
+        """
+        record = _record(task_id, submitted_at)
+        with self._locked(fcntl.LOCK_SH):
+            # Opened by name under the lock: a compaction replaces the store only while no
+            # append holds the lock, so this is the current file.
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, PRIVATE)
+            try:
+                created = os.fstat(fd).st_size == 0
+                written = os.write(fd, record)
+                if written != len(record):
+                    msg = f"short write to {str(self.path)!r}: {written} of {len(record)} bytes"
+                    raise OSError(msg)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if created:
+                _fsync_folder(self.path.parent)
+
+    def read(self) -> dict[str, float]:
+        """The stored ids (task id -> Unix time of submit); none if there is no file.
+
+        No lock needed: the store is only ever replaced whole, and a torn record is skipped.
+        """
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        return {task_id: at for task_id, (at, _) in _parse(data).items()}
+
+    def compact(self, now: float, *, max_age: float = MAX_AGE) -> dict[str, float]:
+        """Drop the ids ``max_age`` seconds old or older at ``now``; return the ids kept.
+
+        The file is rewritten only if that changes it (ids dropped, torn records, the old
+        format), so compacting often costs a read.
+
+        Raises:
+            OSError: the store cannot be read, or needs rewriting and cannot be.
+        """
+        with self._locked(fcntl.LOCK_EX):
+            try:
+                data = self.path.read_bytes()
+            except FileNotFoundError:
+                data = b""
+            kept = {
+                task_id: (at, record)
+                for task_id, (at, record) in _parse(data).items()
+                if now - at < max_age
+            }
+            # The records kept as they were stored: no need to serialize them again.
+            compacted = b"".join(record for _, record in kept.values())
+            if compacted != data:
+                self._replace(compacted)
+        return {task_id: at for task_id, (at, _) in kept.items()}
+
+    def _replace(self, data: bytes) -> None:
+        # A temporary name no other writer uses (mkstemp, created 0600), renamed into place:
+        # a crash leaves the old file or the new one, never half of one.
+        fd, temporary = tempfile.mkstemp(
+            dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp"
+        )
+        try:
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        _fsync_folder(self.path.parent)
+
+    @contextlib.contextmanager
+    def _locked(self, operation: int) -> Iterator[None]:
+        # A descriptor of its own for each holder: flock belongs to the open file, so threads
+        # of one process sharing one descriptor would release each other's lock.
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, PRIVATE)
+        try:
+            fcntl.flock(fd, operation)
+            yield
+        finally:
+            os.close(fd)  # which releases the lock
+
+
+def _record(task_id: str, submitted_at: float) -> bytes:
+    line = json.dumps({"task_id": task_id, "submitted_at": submitted_at}, allow_nan=False)
+    return b"\n" + line.encode()
+
+
+def _parse(data: bytes) -> dict[str, tuple[float, bytes]]:
+    """Each id of a store's contents, with its time and its record as stored (the last one for
+    an id stored twice), skipping whatever is not a whole, valid record."""
+    text = data.decode("utf-8", errors="replace")
+    tasks: dict[str, tuple[float, bytes]] = {}
+    start = 0
+    if text.startswith("{"):
+        # Perhaps the old format, one JSON object: read once, rewritten by the next compaction.
+        with contextlib.suppress(ValueError):
+            head, end = json.JSONDecoder().raw_decode(text)
+            if isinstance(head, dict) and isinstance(head.get("tasks"), dict):
+                for task_id, value in head["tasks"].items():
+                    at = _time(value)
+                    if isinstance(task_id, str) and at is not None:
+                        tasks[task_id] = (at, _record(task_id, at))
+                start = end
+    for line in text[start:].split("\n"):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue  # torn by a crash
+        if isinstance(record, dict):
+            task_id, at = record.get("task_id"), _time(record.get("submitted_at"))
+            if isinstance(task_id, str) and at is not None:
+                tasks[task_id] = (at, b"\n" + line.encode())
+    return tasks
+
+
+def _time(value: object) -> float | None:
+    """A record's time (a finite number of seconds), or None if ``value`` is not one."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a file's creation or rename durable: fsync the folder holding it."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @dataclass
@@ -121,8 +276,22 @@ class State:
     client: WanClient
     store: TaskStore
     #: Every task this app answers for. The poller forgets a task once it has ended (and
-    #: ``attach`` would then start watching it afresh), so finished handles are kept here.
-    handles: dict[str, TaskHandle]
+    #: ``attach`` would then start watching it afresh), so finished handles are kept here...
+    handles: dict[str, TaskHandle] = field(default_factory=dict)
+    #: ...until a day after their submit (Unix time here), when the gateway forgets them too.
+    submitted_at: dict[str, float] = field(default_factory=dict)
+
+    def track(self, handle: TaskHandle, submitted_at: float) -> None:
+        """Answer for ``handle`` from now on."""
+        self.handles[handle.task_id] = handle
+        self.submitted_at[handle.task_id] = submitted_at
+
+    def forget_ended(self, now: float) -> None:
+        """Stop answering for the tasks that have ended and are past the gateway's lifetime."""
+        for task_id, at in list(self.submitted_at.items()):
+            if now - at >= MAX_AGE and self.handles[task_id].done():
+                del self.handles[task_id]
+                del self.submitted_at[task_id]
 
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -135,18 +304,28 @@ def create_app(
     base_url: str | None = None,
     api_key: str | None = None,
     clock: Clock | None = None,
+    compact_every: float = COMPACT_EVERY,
 ) -> web.Application:
     """The app: ``POST /videos`` and ``GET /videos/{task_id}``.
 
     Args:
-        store_path: the JSON file of task ids to re-attach at start-up.
+        store_path: the file of task ids to re-attach at start-up (JSON lines; several
+            workers on one host may share it).
         base_url: the gateway (default: ``$WAN_BASE_URL``, else the documented service).
         api_key: the gateway key (default: ``$WAN_API_KEY``).
         clock: the client's clock, for tests.
+        compact_every: seconds of the client's clock between two compactions of the store.
     """
+    if not (math.isfinite(compact_every) and compact_every > 0):
+        msg = f"compact_every must be a positive number of seconds, got {compact_every!r}"
+        raise ValueError(msg)
     app = web.Application(middlewares=[json_errors])
     app[SETTINGS] = Settings(
-        store_path=Path(store_path), base_url=base_url, api_key=api_key, clock=clock
+        store_path=Path(store_path),
+        base_url=base_url,
+        api_key=api_key,
+        clock=clock,
+        compact_every=compact_every,
     )
     app.cleanup_ctx.append(wan_client)
     app.router.add_post("/videos", create_video)
@@ -155,21 +334,53 @@ def create_app(
 
 
 async def wan_client(app: web.Application) -> AsyncIterator[None]:
-    """Open the one client at start-up, re-attach the stored tasks; close it at shutdown."""
+    """Open the one client at start-up, re-attach the stored tasks, compact the store now and
+    then; close it all at shutdown."""
     settings = app[SETTINGS]
     store = TaskStore(settings.store_path)
-    stored = store.load()
     async with WanClient(
         api_key=settings.api_key, base_url=settings.base_url, clock=settings.clock
     ) as client:
-        now = client.clock.time()
-        recent = {task_id: at for task_id, at in stored.items() if now - at < MAX_AGE}
-        # attach() only starts watching: the poller checks them all, at its own pace.
-        handles = {task_id: client.attach(task_id) for task_id in recent}
-        if recent != stored:
-            await store.save(recent)
-        app[STATE] = State(client=client, store=store, handles=handles)
-        yield
+        state = State(client=client, store=store)
+        for task_id, at in (await _stored_ids(store, client.clock.time())).items():
+            try:
+                # attach() only starts watching: the poller checks them all, at its own pace.
+                state.track(client.attach(task_id), at)
+            except ValueError:
+                logger.warning("not re-attaching %r from %s: not a task id", task_id, store.path)
+        app[STATE] = state
+        compactor = asyncio.create_task(_compact_periodically(state, settings.compact_every))
+        try:
+            yield
+        finally:
+            compactor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await compactor
+
+
+async def _stored_ids(store: TaskStore, now: float) -> dict[str, float]:
+    """The ids to re-attach, compacting the store on the way if it can be."""
+    try:
+        return await anyio.to_thread.run_sync(store.compact, now)
+    except OSError:
+        logger.exception("cannot compact the task store %s: re-attaching its ids as is", store.path)
+    stored = await anyio.to_thread.run_sync(store.read)
+    return {task_id: at for task_id, at in stored.items() if now - at < MAX_AGE}
+
+
+async def _compact_periodically(state: State, every: float) -> None:
+    """Drop expired tasks from the store and from memory every ``every`` seconds."""
+    clock = state.client.clock
+    while True:
+        await clock.sleep(every)
+        now = clock.time()
+        state.forget_ended(now)
+        try:
+            await anyio.to_thread.run_sync(state.store.compact, now)
+        except Exception:
+            logger.exception(
+                "cannot compact the task store %s; next try in %g s", state.store.path, every
+            )
 
 
 async def create_video(request: web.Request) -> web.Response:
@@ -189,8 +400,19 @@ async def create_video(request: web.Request) -> web.Response:
         handle = await state.client.submit(video)
     except WanError as exc:
         return _submit_error(exc)
-    state.handles[handle.task_id] = handle
-    await state.store.add(handle.task_id, state.client.clock.time())
+    submitted_at = state.client.clock.time()
+    state.track(handle, submitted_at)
+    try:
+        await state.store.add(handle.task_id, submitted_at)
+    except Exception:
+        # The task exists and is billed: its caller gets its id whatever the store says (a
+        # 500 would make it retry, and pay for a second video).
+        logger.exception(
+            "task %s was submitted but could not be stored in %s: it will not be re-attached "
+            "after a restart",
+            handle.task_id,
+            state.store.path,
+        )
     location = str(request.app.router["video"].url_for(task_id=handle.task_id))
     body = {"task_id": handle.task_id, "status_url": location}
     return json_response(body, status=202, headers={"Location": location})
@@ -326,7 +548,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="A video backend on wan_async.")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--store", default="tasks.json", help="task ids to re-attach at start")
+    parser.add_argument(
+        "--store",
+        default="tasks.json",
+        help="task ids to re-attach at start (workers on one host may share it)",
+    )
     parser.add_argument("--simulate", action="store_true", help="use the built-in simulator")
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(_serve(parser.parse_args()))
