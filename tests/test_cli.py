@@ -489,3 +489,16 @@ async def test_batch_resubmit_unknown_asks_first_and_says_how_in_the_summary(
     assert code == 0
     assert [r["status"] for r in results(tmp_path / "v" / "results.jsonl")] == ["succeeded"] * 2
     assert gw.stats.tasks_created == created + 1
+
+
+async def test_the_batch_summary_totals_what_was_billed(
+    gw: FakeGateway, tmp_path: Path, capsys: pytest.CaptureFixture[str], no_gateway_env: None
+) -> None:
+    """After a batch: the tasks billed and the seconds of video upstream reported."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a paper boat\na red fox\n")
+    args = ("batch", str(prompts), "--out-dir", str(tmp_path / "v"), "--duration", "10")
+    assert await run_main(*args, "--api-key", KEY, "--progress", "plain", gw=gw) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "billed: 2 tasks, 20 s of video reported by upstream this run" in lines
+    assert gw.stats.tasks_created == 2

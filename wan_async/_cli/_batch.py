@@ -147,6 +147,7 @@ async def batch(args: argparse.Namespace, ctx: Context) -> int:
     if not ctx.quiet:
         rich = ctx.progress != "plain"
         print_summary(run.rows(), rich=rich, elapsed=run.elapsed(), requests=run.requests())
+        print(run.billed())
         print(f"results: {paths.results}")
     return _exit_code(run, paths.results, ctx)
 
@@ -242,6 +243,8 @@ class BatchRun:
         # Status of tasks seen by the poller and not yet ended; their ids by item.
         self._status: dict[str, TaskStatus] = {}
         self._ended: set[str] = set()
+        #: Seconds of video upstream reported (``usage``) for the tasks ended in this run.
+        self._video_seconds = 0.0
         self._task_ids: dict[int, str] = {}
         # Items whose submit the journal shows sent and never answered.
         self._unanswered: set[int] = set()
@@ -401,7 +404,19 @@ class BatchRun:
         if index is not None:
             self._task_ids[index] = task_id
 
+    def billed(self) -> str:
+        """What the batch was billed for, as known: its tasks, and the seconds of video
+        upstream reported (``usage``) for the tasks that ended in this run."""
+        tasks = sum(row.task_id is not None for row in self.rows())
+        text = f"billed: {tasks} task{'s' if tasks != 1 else ''}"
+        if self._video_seconds:
+            text += f", {self._video_seconds:g} s of video reported by upstream this run"
+        return text
+
     def _on_outcome(self, outcome: Outcome, downloads: TaskGroup) -> None:
+        usage = outcome.result.usage if outcome.result is not None else None
+        if usage is not None and usage.video_duration is not None:
+            self._video_seconds += usage.video_duration
         task_id = outcome.task_id
         if task_id is not None:
             self._ended.add(task_id)
