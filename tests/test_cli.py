@@ -23,8 +23,9 @@ import anyio
 import anyio.to_thread
 import pytest
 
-from wan_async import VideoRequest, WanClient
+from wan_async import BadRequestError, VideoRequest, WanClient
 from wan_async._cli import main
+from wan_async._cli._errors import error_code
 from wan_async.testing import FakeGateway, Fault, ScaledClock
 
 from .conftest import SCALE, fixed_processing
@@ -502,3 +503,25 @@ async def test_the_batch_summary_totals_what_was_billed(
     lines = capsys.readouterr().out.splitlines()
     assert "billed: 2 tasks, 20 s of video reported by upstream this run" in lines
     assert gw.stats.tasks_created == 2
+
+
+async def test_results_carry_the_gateways_or_upstreams_code_never_a_type_name(
+    gw: FakeGateway, prompts: Path, tmp_path: Path
+) -> None:
+    """A rejected key: the middleware's answer has no code, only its class
+    (``"type": "new_api_error"``): the row says ``HTTP 401``. Upstream's refusal relayed as
+    the gateway's message gives upstream's own code."""
+    out = tmp_path / "videos"
+    args = ("batch", str(prompts), "--out-dir", str(out), "--progress", "plain")
+    assert await run_main(*args, "--api-key", WRONG_KEY, gw=gw) == 4
+    codes = {r["error_code"] for r in results(out / "results.jsonl")}
+    assert "new_api_error" not in codes
+    assert "HTTP 401" in codes
+    relayed = BadRequestError(
+        method="POST",
+        path="/v1/video/generations",
+        status=400,
+        code="fail_to_fetch_task",
+        message='{"code":"InvalidParameter","message":"size is not supported"}',
+    )
+    assert error_code(relayed) == "InvalidParameter"

@@ -239,7 +239,7 @@ def test_error_shapes() -> None:
     )
     assert middleware.from_gateway
     assert middleware.request_id == "2025abc"
-    assert middleware.code == "new_api_error"
+    assert middleware.code is None  # "type" names the error class, not a code
     task = parse_error_body({"code": "task_not_exist", "message": "task_not_exist", "data": None})
     assert (task.code, task.from_gateway) == ("task_not_exist", True)
     assert not parse_error_body("<html>").from_gateway

@@ -380,7 +380,9 @@ def parse_error_body(body: object) -> ErrorBody:
         if isinstance(error, Mapping):
             message = _text(error.get("message"))
             return ErrorBody(
-                code=_text(error.get("code")) or _text(error.get("type")) or None,
+                # Not ``type``: it names the gateway's error class ("new_api_error"), the
+                # same for every error, and would read as a code where none was given.
+                code=_text(error.get("code")) or None,
                 message=message,
                 request_id=_request_id_in(message),
                 shape="middleware",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Sequence
 
 from .._config import API_KEY_ENV
@@ -156,11 +157,25 @@ def _one_line(text: str) -> str:
 
 
 def error_code(exc: BaseException) -> str:
-    """A short machine-readable code for an error (upstream's, the gateway's, or its kind)."""
+    """A short machine-readable code for an error: upstream's, else the gateway's, else the
+    HTTP status, else the error's kind."""
     code = getattr(exc, "code", None)
     if isinstance(code, str) and code:
-        return code
+        # The gateway relays upstream's refusal as its message: {"code": "InvalidParameter"}.
+        return _upstream_code(getattr(exc, "message", None)) or code
     status = getattr(exc, "status", None)
     if isinstance(status, int):
         return f"HTTP {status}"
     return type(exc).__name__
+
+
+def _upstream_code(message: object) -> str | None:
+    """Upstream's own code, when the gateway's message is upstream's JSON answer."""
+    if not isinstance(message, str) or not message.lstrip().startswith("{"):
+        return None
+    try:
+        said = json.loads(message)
+    except ValueError:
+        return None
+    code = said.get("code") if isinstance(said, dict) else None
+    return code if isinstance(code, str) and code else None
