@@ -100,6 +100,7 @@ class Paths:
 async def batch(args: argparse.Namespace, ctx: Context) -> int:
     """Run the batch of a prompts file; return 0, or 1 if an item produced no video."""
     items = load_items(Path(args.file), option_fields(args), fmt=args.format)
+    requests = [item.request for item in items]
     paths = Paths.from_args(args)
     if args.dry_run:
         return _dry_run(items, paths, ctx)
@@ -107,7 +108,7 @@ async def batch(args: argparse.Namespace, ctx: Context) -> int:
         _make_dir(folder)
     resuming = paths.journal.exists()
     if args.resubmit_unknown:
-        _confirm_resubmit(paths.journal, [item.request for item in items], yes=args.yes)
+        _confirm_resubmit(paths.journal, requests, yes=args.yes)
     display = ctx.display()
     run: BatchRun | None = None
     refused = False
@@ -116,7 +117,7 @@ async def batch(args: argparse.Namespace, ctx: Context) -> int:
             if ctx.connection.simulate:
                 ctx.say(f"simulating the gateway offline ({ctx.connection.time_scale:g}x time)")
             if resuming:
-                changes = compare(paths.journal, [item.request for item in items])
+                changes = compare(paths.journal, requests)
                 told = f": {changes.describe()}" if changes else ""
                 ctx.say(f"resuming from {paths.journal}{told}")
             run = BatchRun(client, items, out_dir=paths.out_dir, display=display)
@@ -137,7 +138,7 @@ async def batch(args: argparse.Namespace, ctx: Context) -> int:
         # Only now, the client closed: every task of the batch has ended and every line of
         # its journal is on disk, so the journal tells which items were sent, with their ids.
         if run is not None and not refused:
-            run.learn_submits(recorded_submits(paths.journal, [item.request for item in items]))
+            run.learn_submits(recorded_submits(paths.journal, requests))
             _after_run(run, paths, simulate=ctx.connection.simulate)
     ctx.interrupt_hint = None
     if not resuming and run.nothing_created():
