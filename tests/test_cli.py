@@ -525,3 +525,41 @@ async def test_results_carry_the_gateways_or_upstreams_code_never_a_type_name(
         message='{"code":"InvalidParameter","message":"size is not supported"}',
     )
     assert error_code(relayed) == "InvalidParameter"
+
+
+async def test_batch_progress_lines_count_what_the_client_knows(
+    gw: FakeGateway,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 15, item 4: each plain progress line accounts for every item once; a task not
+    checked since its submit is "not yet checked" (never "queued"); the ETA is "--" before any
+    task has ended, and a time once items have."""
+    import re
+
+    import wan_async._cli._batch as batch
+    import wan_async._cli._display as display
+
+    monkeypatch.setattr(display, "_PLAIN_MIN_GAP", 0.0)  # a line at every change...
+    monkeypatch.setattr(batch, "_REDRAW", 0.005)  # ...seen within 1.5 gateway seconds
+    prompts = tmp_path / "ten.txt"
+    prompts.write_text("".join(f"scene number {i}\n" for i in range(10)))
+    out = tmp_path / "videos"
+    args = ("batch", str(prompts), "--out-dir", str(out), "--api-key", KEY, "--progress", "plain")
+    assert await run_main(*args, gw=gw) == 0
+    pattern = re.compile(
+        r"^\[(\d+)/10\] done (\d+), failed (\d+), unknown (\d+), running (\d+), queued (\d+), "
+        r"not yet checked (\d+)(?:, submitting (\d+))?, waiting (\d+); elapsed \S+, ETA (\S+);"
+    )
+    lines = [m for m in map(pattern.match, capsys.readouterr().err.splitlines()) if m]
+    assert len(lines) > 3
+    for m in lines:
+        counts = [int(g or 0) for g in m.groups()[1:9]]
+        assert sum(counts) == 10, m.group(0)
+        assert int(m.group(1)) == sum(counts[:3]), m.group(0)
+    assert any(int(m.group(7)) for m in lines), "tasks were seen before their first check"
+    assert lines[0].group(10) == "--", "nothing has ended: nothing learned"
+    ended = [m for m in lines if m.group(1) != "0"]
+    assert ended
+    assert all(re.fullmatch(r"\d+:\d\d", m.group(10)) for m in ended)

@@ -98,6 +98,31 @@ async def test_as_completed_example_runs() -> None:
     assert gw.stats.tasks_created < 31
 
 
+async def test_progress_example_runs() -> None:
+    """The progress example prints a line per move, ending with every item ended."""
+    code = python_block("### Progress")
+    body = "async def example(requests, WanClient, print):\n" + textwrap.indent(code, "    ")
+    clock = ScaledClock(SCALE)
+    async with FakeGateway(clock=clock, slots=2, processing_time=fixed_processing(60)) as gw:
+        namespace: dict[str, Any] = {}
+        exec(compile(body, "README progress example", "exec"), namespace)
+        printed: list[str] = []
+        client = functools.partial(
+            wan_async.WanClient,
+            api_key=gw.api_key,
+            base_url=gw.base_url,
+            clock=clock,
+            poll_policy=PollPolicy(refresh_period=gw.tick),
+        )
+        requests = [VideoRequest(prompt=f"scene {i}", model="wan2.6-t2v") for i in range(4)]
+        await namespace["example"](requests, client, lambda *a: printed.append(" ".join(a)))
+    assert printed[0].startswith("0/4 ended")
+    assert printed[0].endswith("ETA None")
+    assert "not yet checked" in printed[0]
+    assert printed[-1].startswith("4/4 ended")
+    assert printed[-1].endswith("ETA 0.0")
+
+
 def test_testing_example_passes_as_a_pytest_file(tmp_path: Path) -> None:
     """The "Testing your own code" example, saved as a test file, passes under plain pytest."""
     test_file = tmp_path / "test_readme_example.py"

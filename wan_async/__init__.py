@@ -40,6 +40,7 @@ from ._exceptions import (
 )
 from ._handle import TaskHandle
 from ._models import TaskCreated, TaskSnapshot, TaskStatus, Usage, VideoRequest, VideoResult
+from ._progress import BatchProgress, ProgressCallback
 from ._retry import RetryPolicy
 from ._rules import MODEL_RULES, ModelRules
 from ._schedule import PollPolicy
@@ -54,6 +55,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "BatchAborted",
+    "BatchProgress",
     "ClientClosedError",
     "ClientStats",
     "Clock",
@@ -72,6 +74,7 @@ __all__ = [
     "PermissionDeniedError",
     "PollPolicy",
     "Problem",
+    "ProgressCallback",
     "QuotaExceededError",
     "RateLimitedError",
     "RetryPolicy",

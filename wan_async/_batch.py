@@ -49,6 +49,7 @@ from ._exceptions import (
 from ._handle import TaskHandle
 from ._journal import Journal
 from ._models import VideoRequest, VideoResult
+from ._progress import BatchProgress, Outlook, ProgressCallback, ProgressTracker
 
 #: Errors every further submit would meet too (the key or the base URL is refused): one stops
 #: the batch from submitting more. Tasks already submitted are still waited for.
@@ -157,6 +158,9 @@ class Batch:
         fail_fast: bool,
         retry_failed: bool = False,
         resubmit_unknown: bool = False,
+        outlook: Outlook,
+        cap: int,
+        on_progress: ProgressCallback | None = None,
     ) -> None:
         self._requests = requests
         self._retry_failed = retry_failed
@@ -182,6 +186,23 @@ class Batch:
         #: What ended the batch from inside (a journal that cannot be written, a bug).
         self._crash: BaseException | None = None
         self._send, self._receive = anyio.create_memory_object_stream[Outcome](len(requests))
+        self._progress = ProgressTracker(
+            requests,
+            clock=clock,
+            outlook=outlook,
+            cap=cap,
+            on_progress=on_progress,
+            failed=self._crashed,
+        )
+
+    def progress(self) -> BatchProgress:
+        """Where the batch stands now (see :class:`BatchProgress`)."""
+        return self._progress.progress()
+
+    @property
+    def tracker(self) -> ProgressTracker:
+        """What follows the batch's items, for the poller to tell of status changes."""
+        return self._progress
 
     def stop(self, cause: BaseException | None = None) -> None:
         """Stop the batch now: unfinished items are reported cut short, with their task ids.
@@ -246,6 +267,7 @@ class Batch:
                         continue
                     if isinstance(resumed, TaskHandle):
                         self._task_ids[index] = resumed.task_id
+                        self._progress.tracking(index, resumed)
                         self._admission.enter_submitted()
                     else:
                         await self._admission.enter()
@@ -313,6 +335,11 @@ class Batch:
         if outcome.index in self._reported:
             return
         self._reported.add(outcome.index)
+        self._progress.ended(
+            outcome.index,
+            ok=outcome.ok,
+            outcome_unknown=isinstance(outcome.error, SubmitOutcomeUnknown),
+        )
         # The reader may have left (and closed its end): then nobody wants the outcome.
         with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
             self._send.send_nowait(outcome)
@@ -348,6 +375,7 @@ class Batch:
             if isinstance(started, Outcome):
                 return started
             handle = started
+            self._progress.tracking(index, handle)
         return await self._finish(await self._wait_item(index, request, handle))
 
     async def _save_resumed(self, outcome: Outcome) -> None:
@@ -359,6 +387,7 @@ class Batch:
         """Save a successful item's video, when the batch downloads as it goes."""
         if self._save is None or outcome.result is None or outcome.error is not None:
             return outcome
+        self._progress.saving(outcome.index)
         try:
             path = await self._save(outcome.index, outcome.result)
         except Exception as exc:  # the task succeeded: keep its result beside the error
@@ -446,6 +475,7 @@ class _ItemHooks:
     async def sending(self, at: float) -> None:
         if self._batch._journal is not None:
             await self._batch._journal.submitting(self._index, at)
+        self._batch._progress.submitting(self._index)
 
     async def settled(self, at: float, task_id: str | None, error: WanError | None) -> None:
         batch, journal = self._batch, self._batch._journal
@@ -453,7 +483,12 @@ class _ItemHooks:
             batch._task_ids[self._index] = task_id
             if journal is not None:
                 await journal.submitted(self._index, task_id)
-        elif error is not None and journal is not None:
+            return
+        if error is None:
+            return
+        if not error.task_may_exist:
+            batch._progress.waiting(self._index)  # refused: a retry may follow
+        if journal is not None:
             if error.task_may_exist:
                 await journal.unknown(self._index, at, error)
             else:

@@ -47,6 +47,7 @@ from ._handle import TaskHandle
 from ._journal import Journal
 from ._models import TaskCreated, TaskSnapshot, VideoRequest, VideoResult
 from ._poller import Poller, PollerStats, StatusListener
+from ._progress import ProgressCallback, check_progress_callback
 from ._ratelimit import RateBudget, RateStats
 from ._retry import RetryPolicy, call_with_retries
 from ._schedule import PollPolicy, duration_key
@@ -439,6 +440,7 @@ class WanClient:
         download_dir: str | os.PathLike[str] | None = None,
         retry_failed: bool = False,
         resubmit_unknown: bool = False,
+        on_progress: ProgressCallback | None = None,
     ) -> OutcomeStream:
         """Run a batch and yield each item's :class:`Outcome` as it ends.
 
@@ -469,6 +471,12 @@ class WanClient:
             resubmit_unknown: with ``journal``, submit again the items whose submit's answer
                 an earlier run lost (:class:`SubmitOutcomeUnknown`). Their first task may
                 exist and be billed: this may pay twice for them. Say so to whoever decides.
+            on_progress: a plain function, called with a :class:`BatchProgress` each time an
+                item moves (sent, created, seen queued or running, saving, ended): counts
+                from what the client knows, and an ETA from the durations and window it
+                learned. It runs on the event loop: keep it quick (a progress bar's update).
+                If it raises, the batch stops and the error is raised to the reader.
+                ``OutcomeStream.progress()`` reads the same at any time.
 
         Every item yields exactly one outcome; items cut short by the deadline or a stop end
         with :class:`DeadlineExceeded` or :class:`BatchAborted`. Leaving the loop early stops
@@ -486,6 +494,7 @@ class WanClient:
             raise ValueError(msg)
         if max_in_flight is not None:
             check_count("max_in_flight", max_in_flight)
+        check_progress_callback(on_progress)
         controls = Controls()
         outcomes = self._as_completed(
             controls,
@@ -498,6 +507,7 @@ class WanClient:
             download_dir=download_dir,
             retry_failed=retry_failed,
             resubmit_unknown=resubmit_unknown,
+            on_progress=on_progress,
         )
         stream = OutcomeStream(outcomes, controls)
         return stream
@@ -515,14 +525,16 @@ class WanClient:
         download_dir: str | os.PathLike[str] | None,
         retry_failed: bool,
         resubmit_unknown: bool,
+        on_progress: ProgressCallback | None,
     ) -> AsyncGenerator[Outcome, None]:
         task_group = await self._group()
         items = _checked_requests(requests)
         save = await self._saver(download_dir) if download_dir is not None else None
         opened = await Journal.open(journal, items) if journal is not None else None
         poller = self._poller
+        cap = max_in_flight or self.max_in_flight
         admission = Admission(
-            cap=max_in_flight or self.max_in_flight,
+            cap=cap,
             limit=None if max_in_flight else poller.window,
             outstanding=poller.in_flight,
         )
@@ -539,9 +551,12 @@ class WanClient:
             fail_fast=fail_fast,
             retry_failed=retry_failed,
             resubmit_unknown=resubmit_unknown,
+            outlook=poller,
+            cap=cap,
+            on_progress=on_progress,
         )
         self._batches.add(batch)
-        controls.bind(batch.stop, batch.discard)
+        controls.bind(batch.stop, batch.discard, batch.progress)
         task_group.start_soon(self._serve_batch, batch, admission, max_in_flight is None)
         # Closed explicitly, not left to the garbage collector, when the caller leaves.
         async with contextlib.aclosing(batch.outcomes()) as outcomes:
@@ -551,12 +566,14 @@ class WanClient:
     async def _serve_batch(self, batch: Batch, admission: Admission, adaptive: bool) -> None:
         poller = self._poller
         poller.add_change_callback(admission.kick)
+        poller.add_listener(batch.tracker.status_changed)
         window = poller.using_window() if adaptive else contextlib.nullcontext()
         async with self._service():
             try:
                 with window:
                     await batch.run()
             finally:
+                poller.remove_listener(batch.tracker.status_changed)
                 poller.remove_change_callback(admission.kick)
                 self._batches.discard(batch)
 
@@ -588,6 +605,7 @@ class WanClient:
         download_dir: str | os.PathLike[str] | None = None,
         retry_failed: bool = False,
         resubmit_unknown: bool = False,
+        on_progress: ProgressCallback | None = None,
     ) -> list[VideoResult]: ...
 
     @overload
@@ -604,6 +622,7 @@ class WanClient:
         download_dir: str | os.PathLike[str] | None = None,
         retry_failed: bool = False,
         resubmit_unknown: bool = False,
+        on_progress: ProgressCallback | None = None,
     ) -> list[Outcome]: ...
 
     async def generate_many(
@@ -619,13 +638,14 @@ class WanClient:
         download_dir: str | os.PathLike[str] | None = None,
         retry_failed: bool = False,
         resubmit_unknown: bool = False,
+        on_progress: ProgressCallback | None = None,
     ) -> list[VideoResult] | list[Outcome]:
         """Run a batch and return its results in input order.
 
         Args:
             return_outcomes: return one :class:`Outcome` per item instead of raising.
-            max_in_flight, timeout, deadline, fail_fast, journal, download_dir: as for
-                :meth:`as_completed`.
+            max_in_flight, timeout, deadline, fail_fast, journal, download_dir,
+                retry_failed, resubmit_unknown, on_progress: as for :meth:`as_completed`.
 
         Raises:
             WanError: without ``return_outcomes``, the first failed item's error (by input
@@ -644,6 +664,7 @@ class WanClient:
             download_dir=download_dir,
             retry_failed=retry_failed,
             resubmit_unknown=resubmit_unknown,
+            on_progress=on_progress,
         ):
             outcomes[outcome.index] = outcome
         complete = [

@@ -241,6 +241,27 @@ class Poller:
         """
         return self._window.limit
 
+    def typical_duration(self, key: DurationKey | None) -> float | None:
+        """The learned median duration of a kind of task (seconds of upstream work); for
+        ``None``, of an unknown kind. ``None`` until a task has been seen to end."""
+        if self._durations.observed == 0:
+            return None
+        return self._durations.median(key)
+
+    def expected_end(self, handle: TaskHandle) -> float | None:
+        """When a tracked task is expected to end (the client's monotonic clock): its start
+        upstream, else its submit, plus the learned median of its kind. ``None`` when the
+        poller does not track it, knows neither time, or has learned no duration yet."""
+        watch = self._watches.get(handle.task_id)
+        median = self.typical_duration(watch.key) if watch is not None else None
+        if watch is None or median is None:
+            return None
+        if watch.started_at is not None:
+            return watch.started_at + self._refresh.offset + median
+        if watch.submitted_at is not None:
+            return watch.submitted_at + median
+        return None
+
     def in_flight(self) -> int:
         """Outstanding tasks that hold a place in the window.
 

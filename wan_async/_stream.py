@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from types import TracebackType
 
 from ._batch import Outcome
+from ._progress import BatchProgress
 
 
 class Controls:
@@ -29,10 +30,17 @@ class Controls:
     def __init__(self) -> None:
         self.stop: Callable[[], None] | None = None
         self.discard: Callable[[], None] | None = None
+        self.progress: Callable[[], BatchProgress] | None = None
 
-    def bind(self, stop: Callable[[], None], discard: Callable[[], None]) -> None:
-        """How to stop the batch, and how to drop the outcomes no one will read."""
-        self.stop, self.discard = stop, discard
+    def bind(
+        self,
+        stop: Callable[[], None],
+        discard: Callable[[], None],
+        progress: Callable[[], BatchProgress],
+    ) -> None:
+        """How to stop the batch, how to drop the outcomes no one will read, and how to
+        read where it stands."""
+        self.stop, self.discard, self.progress = stop, discard, progress
 
 
 class OutcomeStream:
@@ -58,6 +66,12 @@ class OutcomeStream:
         except StopAsyncIteration:
             self._exhausted = True
             raise
+
+    def progress(self) -> BatchProgress | None:
+        """Where the batch stands now (see :class:`BatchProgress`); ``None`` before the
+        first iteration starts it."""
+        progress = self._controls.progress
+        return None if progress is None else progress()
 
     async def aclose(self) -> None:
         """Stop the batch (if it still runs) and wait until the stream is closed."""

@@ -73,13 +73,25 @@ def generate_many(
     """Run a batch and block until every item has ended (see :meth:`WanClient.generate_many`).
 
     ``options`` holds the batch's own (``max_in_flight``, ``timeout``, ``deadline``,
-    ``fail_fast``, ``journal``, ``download_dir``) and the client's (``api_key``, ...).
+    ``fail_fast``, ``journal``, ``download_dir``, ``retry_failed``, ``resubmit_unknown``,
+    ``on_progress``) and the client's (``api_key``, ...). ``on_progress`` is called on the
+    thread that runs the batch's event loop, not the caller's.
 
     Raises:
         RuntimeError: called inside a running event loop (await the async API there).
     """
     _refuse_inside_a_loop("generate_many", "await client.generate_many(requests)")
-    batch_names = {"max_in_flight", "timeout", "deadline", "fail_fast", "journal", "download_dir"}
+    batch_names = {
+        "max_in_flight",
+        "timeout",
+        "deadline",
+        "fail_fast",
+        "journal",
+        "download_dir",
+        "retry_failed",
+        "resubmit_unknown",
+        "on_progress",
+    }
     batch = {k: v for k, v in options.items() if k in batch_names}
     client_options = {k: v for k, v in options.items() if k not in batch_names}
     items = list(requests)

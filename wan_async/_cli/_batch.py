@@ -37,6 +37,7 @@ from .._files import replace_private
 from .._handle import TaskHandle
 from .._journal import compare, recorded_submits
 from .._models import TaskSnapshot, TaskStatus, VideoRequest, VideoResult
+from .._stream import OutcomeStream
 from ._connect import open_client
 from ._context import Context
 from ._display import BatchView, Display, format_seconds
@@ -249,8 +250,8 @@ class BatchRun:
         self._task_ids: dict[int, str] = {}
         # Items whose submit the journal shows sent and never answered.
         self._unanswered: set[int] = set()
-        # Items that ended after being watched in this run (not replayed from the journal).
-        self._watched_ends = 0
+        #: The batch's outcomes, once it runs: also where it stands (``progress()``).
+        self._outcomes: OutcomeStream | None = None
 
     async def run(
         self,
@@ -267,7 +268,7 @@ class BatchRun:
             async with anyio.create_task_group() as ui:
                 ui.start_soon(self._redraw_forever)
                 async with anyio.create_task_group() as downloads:
-                    outcomes = self._client.as_completed(
+                    outcomes = self._outcomes = self._client.as_completed(
                         requests,
                         max_in_flight=max_in_flight,
                         journal=journal,
@@ -357,39 +358,41 @@ class BatchRun:
         return self.view().requests()
 
     def view(self) -> BatchView:
-        """Where the batch stands now."""
+        """Where the batch stands now: the ended items from this run's rows, the rest as the
+        client knows them (a task not checked since its submit is "not yet checked")."""
         statuses = [row.status for row in self._rows.values()]
         done = statuses.count(SUCCEEDED) + len(self._downloading)
         unknown = statuses.count(UNKNOWN)
         failed = len(statuses) - statuses.count(SUCCEEDED) - unknown
-        stats = self._client.stats
-        outstanding = stats.poller.outstanding
-        running = sum(status is TaskStatus.IN_PROGRESS for status in self._status.values())
         ended = len(statuses) + len(self._downloading)
+        stats = self._client.stats
+        progress = self._outcomes.progress() if self._outcomes is not None else None
+        running = queued = unchecked = submitting = 0
+        eta: float | None = None
+        if progress is not None:
+            running, queued = progress.running, progress.queued
+            unchecked, submitting = progress.unchecked, progress.submitting
+            # Clock seconds to real ones (a simulated gateway may run faster than real time).
+            eta = None if progress.eta is None else progress.eta / self._client.clock.scale
+        if ended >= len(self._items):
+            eta = 0.0
+        in_flight = running + queued + unchecked + submitting
         return BatchView(
             total=len(self._items),
             done=done,
             failed=failed,
             unknown=unknown,
             running=running,
-            queued=max(0, outstanding - running),
-            waiting=max(0, len(self._items) - ended - outstanding),
+            queued=queued,
+            unchecked=unchecked,
+            submitting=submitting,
+            waiting=max(0, len(self._items) - ended - in_flight),
             downloading=len(self._downloading),
             elapsed=self.elapsed(),
-            eta=self._eta(ended),
+            eta=eta,
             submits=stats.submits,
             polls=stats.poller.polls,
         )
-
-    def _eta(self, ended: int) -> float | None:
-        # From the pace of the items this run watched end: items replayed from the journal
-        # end at once and would make the batch look faster than it is.
-        remaining = len(self._items) - ended
-        if remaining <= 0:
-            return 0.0
-        if not self._watched_ends:
-            return None
-        return self.elapsed() / self._watched_ends * remaining
 
     async def _redraw_forever(self) -> None:
         while True:
@@ -422,8 +425,7 @@ class BatchRun:
         if task_id is not None:
             self._ended.add(task_id)
             self._task_ids[outcome.index] = task_id
-            if self._status.pop(task_id, None) is not None:
-                self._watched_ends += 1
+            self._status.pop(task_id, None)
         if outcome.result is None:
             assert outcome.error is not None
             self._errors[outcome.index] = outcome.error

@@ -39,6 +39,10 @@ class BatchView:
     unknown: int
     running: int
     queued: int
+    #: Tasks created and not checked since: upstream may queue, run or have finished them.
+    unchecked: int
+    #: Submits on the wire.
+    submitting: int
     waiting: int
     downloading: int
     elapsed: float
@@ -59,8 +63,11 @@ class BatchView:
             f"unknown {self.unknown}",
             f"running {self.running}",
             f"queued {self.queued}",
+            f"not yet checked {self.unchecked}",
             f"waiting {self.waiting}",
         ]
+        if self.submitting:
+            parts.insert(-1, f"submitting {self.submitting}")
         if self.downloading:
             parts.append(f"downloading {self.downloading}")
         return ", ".join(parts)
@@ -71,7 +78,7 @@ class BatchView:
         return f"{n} requests ({self.submits} submits, {self.polls} status checks)"
 
     def eta_text(self) -> str:
-        """The estimated time left, or ``--`` before anything ended."""
+        """The estimated time left, or ``--`` before any task ended (nothing learned yet)."""
         return "--" if self.eta is None else format_seconds(self.eta)
 
 
