@@ -312,6 +312,9 @@ class ProgressTracker:
                 pending += 1
                 pending_work += self._typical(key)
                 continue
+            if handle.done():
+                held.append(0.0)  # ended upstream, its outcome on its way to the reader
+                continue
             end = outlook.expected_end(handle)
             held.append(max(0.0, (end if end is not None else now + self._typical(key)) - now))
         for key, count in self._unsent_keys.items():
