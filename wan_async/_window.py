@@ -14,9 +14,11 @@ ended before their first check), and kept a little ahead of it:
   does (its period, upstream's durations), never in how late this client noticed an end, so
   that a late check never grows the window that made it late;
 * at first, and again whenever every task in flight is seen running (the window binds), the
-  window grows as TCP's slow start does: one more for every task seen to start (twofold per
-  round of checks), but, once any of ours is seen waiting, never beyond one and a half times
-  the concurrency plus the headroom. Upstream is taken to be full
+  window grows by one for every task seen to start. The tasks that start in a round are those
+  the last round let in, so each round adds as many as the last: a ramp, not TCP's doubling,
+  which overshoots a busy upstream and pays status checks for every task it queues. Once any
+  of ours is seen waiting, it never grows beyond one and a half times the concurrency plus the
+  headroom. Upstream is taken to be full
   once the concurrency has not risen for a while although tasks of ours were waiting (for a
   period plus twice the usual wait between a submit and its start), or at once when a submit
   is refused because upstream is saturated (:meth:`WindowEstimator.saturated`). Meanwhile
