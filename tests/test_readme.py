@@ -51,6 +51,21 @@ async def test_quickstart_generates_and_downloads_a_video(
     assert (tmp_path / "boat.mp4").stat().st_size > 0
 
 
+async def test_sync_example_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sync example, verbatim, from a thread with no event loop (as a script runs)."""
+    code = python_block("### Without async")
+    printed: list[tuple[Any, ...]] = []
+    async with FakeGateway(tick=1.0, processing_time=fixed_processing(2.0)) as gw:
+        monkeypatch.setenv("WAN_API_KEY", gw.api_key)
+        monkeypatch.setenv("WAN_BASE_URL", gw.base_url)
+        namespace: dict[str, Any] = {"print": lambda *a: printed.append(a)}
+        await anyio.to_thread.run_sync(exec, compile(code, "README sync", "exec"), namespace)
+        assert gw.stats.tasks_created == 4
+    assert str(printed[0][0]).startswith("http://127.0.0.")  # the video URL
+    assert printed[-1] == (3, "of", 3, "ended")
+    assert all(o.ok for o in namespace["outcomes"])
+
+
 async def test_batch_example_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The batch example (a fragment: it needs ``requests``) runs against a compressed clock."""
     code = python_block("## Batches and the journal")
