@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import inspect
 import logging
 import os
 import pathlib
@@ -28,6 +27,7 @@ from ._batch import Batch, Outcome, Save, SubmitHooks
 from ._clock import Clock, SystemClock
 from ._config import (
     Timeouts,
+    awaited_only,
     check_count,
     check_rate,
     check_seconds,
@@ -413,9 +413,7 @@ class WanClient:
         Raises:
             TypeError: ``listener`` is a coroutine function: nothing would await it.
         """
-        if inspect.iscoroutinefunction(listener) or inspect.iscoroutinefunction(
-            getattr(listener, "__call__", None)  # noqa: B004 - an async __call__
-        ):
+        if awaited_only(listener):
             msg = (
                 f"status listeners are called, not awaited; {listener!r} is a coroutine "
                 "function. Pass a plain function that hands the change to a task of yours "

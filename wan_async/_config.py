@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import os
 from typing import Any
@@ -38,6 +39,14 @@ def check_seconds(name: str, value: object) -> float | None:
         msg = f"{name} must be a number of seconds, 0 or more, or None; got {value!r}"
         raise ValueError(msg)
     return float(value)
+
+
+def awaited_only(callback: object) -> bool:
+    """Whether ``callback`` is a coroutine function (or has an async ``__call__``): calling
+    it only makes a coroutine, which a callback's caller never awaits."""
+    return inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(
+        getattr(callback, "__call__", None)  # noqa: B004 - an async __call__
+    )
 
 
 def check_count(name: str, value: object) -> int:

@@ -17,7 +17,6 @@ there is nothing learned to go on, and the ETA is ``None``.
 from __future__ import annotations
 
 import enum
-import inspect
 import logging
 import math
 from collections import Counter
@@ -27,6 +26,7 @@ from typing import Protocol
 import attrs
 
 from ._clock import Clock
+from ._config import awaited_only
 from ._durations import DurationKey, duration_key
 from ._handle import TaskHandle
 from ._models import TaskSnapshot, TaskStatus, VideoRequest
@@ -128,9 +128,7 @@ def check_progress_callback(callback: ProgressCallback | None) -> None:
     if not callable(callback):
         msg = f"on_progress takes a function of one BatchProgress, got {callback!r}"
         raise TypeError(msg)
-    if inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(
-        getattr(callback, "__call__", None)  # noqa: B004 - an async __call__
-    ):
+    if awaited_only(callback):
         msg = (
             f"on_progress is called, not awaited; {callback!r} is a coroutine function. Pass "
             "a plain function (to do async work, hand the progress to a task of yours, e.g. "
@@ -265,9 +263,9 @@ class ProgressTracker:
     def progress(self) -> BatchProgress:
         """Where the batch stands now."""
         now = self._clock.monotonic()
-        tracked = [handle for _, handle in self._handles.values()]
+        tracked = list(self._handles.values())
         unchecked = queued = running = 0
-        for handle in tracked:
+        for _, handle in tracked:
             snapshot = handle.snapshot
             if snapshot is None:
                 unchecked += 1
@@ -296,7 +294,7 @@ class ProgressTracker:
             window=window,
         )
 
-    def _eta(self, now: float, tracked: list[TaskHandle], window: int) -> float | None:
+    def _eta(self, now: float, tracked: list[tuple[int, TaskHandle]], window: int) -> float | None:
         outlook = self._outlook
         if outlook.typical_duration(None) is None:
             return None  # nothing learned yet
@@ -305,9 +303,9 @@ class ProgressTracker:
         # Work still to start: the tasks seen queued, the items not sent or on the wire.
         pending = 0
         pending_work = 0.0
-        for handle in tracked:
+        for index, handle in tracked:
             snapshot = handle.snapshot
-            key = self._key_of(handle)
+            key = self._keys[index]
             if snapshot is not None and snapshot.status in _QUEUED:
                 pending += 1
                 pending_work += self._typical(key)
@@ -335,10 +333,6 @@ class ProgressTracker:
             if extra:
                 eta = max(eta, free[extra - 1] + (rounds + 1) * mean)
         return eta
-
-    def _key_of(self, handle: TaskHandle) -> DurationKey:
-        entry = self._handles.get(handle.task_id)
-        return self._keys[entry[0]] if entry is not None else self._keys[0]
 
     def _typical(self, key: DurationKey) -> float:
         seconds = self._outlook.typical_duration(key)
