@@ -30,7 +30,7 @@ import logging
 import math
 import random
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Hashable, Iterator
 
 import anyio
 import attrs
@@ -363,6 +363,16 @@ class Poller:
         heapq.heappush(self._heap, (watch.next_at, self._seq, watch))
         self._wakeup.set()
 
+    def _next_check(self, task_id: Hashable) -> float:
+        """When ``task_id`` is next asked about: now while a check is under way, inf if it is
+        not tracked or waits for the loop to be known."""
+        watch = self._watches.get(task_id) if isinstance(task_id, str) else None
+        if watch is None or not watch.active or task_id in self._parked:
+            return math.inf
+        if watch.next_at == math.inf:
+            return -math.inf  # in flight
+        return watch.next_at
+
     def _drop_stale_top(self) -> None:
         heap = self._heap
         while heap and (not heap[0][2].active or heap[0][0] != heap[0][2].next_at):
@@ -376,6 +386,14 @@ class Poller:
         while heap and heap[0][0] <= now:
             due, seq, watch = heapq.heappop(heap)
             if watch.active and due == watch.next_at:
+                later = self._refresh.not_before(
+                    watch.handle.task_id, now=now, next_check=self._next_check
+                )
+                if later > now:
+                    # The pass runs late for the tasks before this one: its refresh too.
+                    watch.next_at = later
+                    self._push(watch)
+                    continue
                 heapq.heappush(ready, (_ready_key(watch, due, period), due, seq, watch))
                 watch.queued = seq
                 if watch.started_at is not None and self._window_users:

@@ -23,15 +23,21 @@ the forecast, or in its middle while it is too wide to keep the detection lag a 
 the period (either answer halves it). Until the loop is seen at all, one task is
 asked at widening intervals, from a few round trips on: a handful of GETs find it.
 
+A pass reaches tasks in the order they were created, so the task just before one in the pass
+tells when a check of it is early (:meth:`RefreshEstimator.not_before`): while that one is seen
+stale, the pass has not reached either; once it is seen late, so is the next. A pass that runs
+late then costs one stale answer at its front, not one per task.
+
 Times are in the client's monotonic clock; stamps are gateway Unix seconds. Nothing here does I/O
 or reads a clock: times are passed in.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections import deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 
 import attrs
 
@@ -276,9 +282,23 @@ class PeriodEstimate:
 class _Task:
     """What is known of one task's refreshes (a few floats: there may be 10,000 of these)."""
 
-    __slots__ = ("bias", "ehi", "elo", "hi", "lo", "order", "origin", "since", "stamp")
+    __slots__ = (
+        "bias",
+        "ehi",
+        "elo",
+        "hi",
+        "key",
+        "late",
+        "late_at",
+        "lo",
+        "order",
+        "origin",
+        "since",
+        "stamp",
+    )
 
-    def __init__(self, order: int) -> None:
+    def __init__(self, key: Hashable, order: int) -> None:
+        self.key = key
         #: The latest refresh stamp seen (None: not refreshed yet, as far as seen).
         self.stamp: float | None = None
         #: That refresh happened in [lo, hi] as forecast and seen; [elo, ehi] as seen alone.
@@ -292,6 +312,10 @@ class _Task:
         #: How much longer this task's period is than the loop's: its place in a pass that
         #: grows or shrinks moves with it.
         self.bias = 0.0
+        #: How much later than forecast its latest refresh was proven to come, and from when
+        #: (the tasks after it in the same pass are as late).
+        self.late = 0.0
+        self.late_at = -_INF
 
 
 class RefreshEstimator:
@@ -316,6 +340,9 @@ class RefreshEstimator:
         self._resolution = resolution
         self._tasks: dict[Hashable, _Task] = {}
         self._order = 0
+        #: The tracked tasks' orders, ascending, and whose they are (for the pass neighbours).
+        self._orders: list[int] = []
+        self._by_order: dict[int, _Task] = {}
         #: The latest refresh of the newest task seen refreshed: (order, lo, hi). A newer task
         #: is first refreshed in the same pass or a later one, a little after it.
         self._newest: tuple[int, float, float] | None = None
@@ -388,8 +415,7 @@ class RefreshEstimator:
         high = expected + first * spread
         if expected <= since:
             # Later than expected: soon, then allowed as much again as it is late already.
-            first_wait = max(2 * spread, 4 * self._rtt)
-            expected = since + max(first_wait, since - expected)
+            expected = since + max(2 * spread, 4 * self._rtt, since - expected)
             high = max(high, expected)
         # Then as many periods on as it takes to reach the target.
         n = max(0, math.ceil((target - high) / (period + spread)))
@@ -407,15 +433,70 @@ class RefreshEstimator:
         forecast = self.forecast(task, after)
         if forecast is None:
             return self._search(task, now)
-        when = forecast.high
-        if forecast.width > self._resolution * self.loop.period:
-            when = forecast.middle
-        # To be answered then, not a one-way trip later.
-        when -= self._half_trip()
+        when = self._aim(forecast)
         probe = self._certify(task, now)
         if probe is not None and probe < when:
             when = probe
         return max(when, now)
+
+    def _aim(self, forecast: Forecast) -> float:
+        """When to send a check of ``forecast``: at its end, or in its middle while it is too
+        wide; to be answered then, not a one-way trip later."""
+        when = forecast.high
+        if forecast.width > self._resolution * self.loop.period:
+            when = forecast.middle
+        return when - self._half_trip()
+
+    def not_before(
+        self, task: Hashable, *, now: float, next_check: Callable[[Hashable], float]
+    ) -> float:
+        """When a check of ``task`` due now is early, because of what the task just before it
+        in the pass showed (-inf when nothing says so).
+
+        A pass refreshes tasks one after another, in the order they were created (SPEC §3.2),
+        so the task created just before this one (of those tracked) is refreshed just before
+        it in every pass, and a pass that runs late runs late for both:
+
+        * while that task is seen stale after this one's latest refresh, its next refresh (in
+          the same pass as this one's) is still to come: if it is to be asked soon
+          (``next_check`` says when: now while a check is under way), ask this one once that
+          check has answered;
+        * once it was seen refreshed after this one's latest refresh, this one's comes later
+          than forecast by as much as that one's did.
+
+        Never later than this task's own forecast plus the lag the forecasts allow
+        (``resolution`` periods), so a pass in another order costs no more than that.
+        """
+        state = self._tasks.get(task)
+        loop = self.loop
+        if state is None or state.stamp is None or not loop.known or self._rtt == _INF:
+            return -_INF
+        before = self._before(state)
+        if before is None:
+            return -_INF
+        period = loop.period
+        budget = self._resolution * period
+        own = state.hi + period + state.bias + loop.spread - self._half_trip()
+        if before.late_at > state.hi:
+            when = own + before.late
+        elif before.since > state.hi and state.hi - before.hi < period / 2:
+            ahead = next_check(before.key)
+            if ahead > own + budget:
+                return -_INF  # not asked again in time: it cannot tell
+            when = max(ahead, now) + self._rtt
+        else:
+            return -_INF
+        return min(when, own + budget)
+
+    def _before(self, state: _Task) -> _Task | None:
+        """The nearest tracked task created before ``state``'s and seen refreshed, if any."""
+        orders = self._orders
+        i = bisect.bisect_left(orders, state.order)
+        for j in range(i - 1, max(-1, i - 1 - _NEIGHBOURS), -1):
+            other = self._by_order[orders[j]]
+            if other.stamp is not None:
+                return other
+        return None
 
     def _search(self, task: Hashable, now: float) -> float | None:
         """Nothing to forecast with: one task asks at widening intervals, the others wait."""
@@ -512,7 +593,11 @@ class RefreshEstimator:
 
     def forget(self, task: Hashable) -> None:
         """Stop tracking ``task`` (it ended, or the poller dropped it)."""
-        self._tasks.pop(task, None)
+        state = self._tasks.pop(task, None)
+        if state is not None:
+            del self._by_order[state.order]
+            i = bisect.bisect_left(self._orders, state.order)
+            del self._orders[i]
         if self._lease is not None and self._lease[0] == task:
             self._lease = None
         if self._sentinel == task:
@@ -525,7 +610,9 @@ class RefreshEstimator:
         state = self._tasks.get(task)
         if state is None:
             self._order += 1
-            state = self._tasks[task] = _Task(self._order)
+            state = self._tasks[task] = _Task(task, self._order)
+            self._orders.append(state.order)
+            self._by_order[state.order] = state
         return state
 
     def _half_trip(self) -> float:
@@ -586,6 +673,7 @@ class RefreshEstimator:
             forecast_lo = state.lo + m * (period - spread)
             forecast_hi = state.hi + m * (period + spread)
             loop.missed(max(elo - forecast_hi, forecast_lo - ehi, 0.0))
+            state.late, state.late_at = max(0.0, elo - forecast_hi), elo
             if m == 1:
                 # This task's own period, against the loop's: a gap known to within a second
                 # counts fully, one from whole-second stamps alone a quarter.
@@ -622,5 +710,7 @@ _CERTIFIED_FOR = 10
 _GAIN = 0.25
 #: The least spread of a period, as a share of it.
 _SPREAD_FLOOR = 0.003
+#: How many tasks before a task in the pass are looked at to find one seen in the next pass.
+_NEIGHBOURS = 4
 #: While the loop is unknown, each search probe waits this share of the search so far.
 _WIDEN = 0.3

@@ -1,0 +1,112 @@
+"""The pass neighbours (``RefreshEstimator.not_before``): a pass refreshes tasks one after
+another in the order they were created, so the task before this one in the pass tells when a
+check of this one is early. Pure: times are passed in, nothing is awaited."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable
+
+import pytest
+
+from wan_async._refresh import RefreshEstimator
+
+# Gateway and client clocks agree here; the pass sleeps about 4 s and reaches task "b" 50 ms
+# after task "a"; one round trip is 10 ms.
+RTT = 0.01
+
+
+def _seen_in_one_pass(*, stamps: dict[str, float]) -> RefreshEstimator:
+    """Tasks submitted at 0 (in the order of ``stamps``), each refreshed once at its own time
+    and seen fresh 0.2 s after it; then refreshed again 4 s later and seen fresh likewise."""
+    est = RefreshEstimator(hint=4.0)
+    for task in stamps:
+        est.observe_submit(task, sent=0.0, received=RTT, created=0)
+    for offset in (0.0, 4.0):
+        for task, at in stamps.items():
+            sent = at + offset + 0.2
+            est.observe(task, sent=sent, received=sent + RTT, stamp=math.floor(at + offset))
+    return est
+
+
+def _never(_: Hashable) -> float:
+    return math.inf
+
+
+def _at(when: float, task: str = "a") -> Callable[[Hashable], float]:
+    return lambda key: when if key == task else math.inf
+
+
+def test_nothing_defers_a_check_while_the_pass_is_on_time() -> None:
+    est = _seen_in_one_pass(stamps={"a": 10.3, "b": 10.35})
+    # Nobody has been asked since the latest refreshes: no evidence either way.
+    assert est.not_before("b", now=18.5, next_check=_at(18.5)) == -math.inf
+    assert est.not_before("a", now=18.5, next_check=_never) == -math.inf
+
+
+def test_a_task_waits_while_the_one_before_it_in_the_pass_is_stale() -> None:
+    est = _seen_in_one_pass(stamps={"a": 10.3, "b": 10.35})
+    # "a" asked where its next refresh was due (about 18.3): stale, the pass runs late.
+    est.observe("a", sent=18.6, received=18.6 + RTT, stamp=14)
+    own = est.forecast("b", 18.6)
+    assert own is not None
+    # "a" is asked again at 18.7: "b" waits until that answer is in.
+    later = est.not_before("b", now=18.6, next_check=_at(18.7))
+    assert later == 18.7 + RTT
+    # While "a"'s check is under way (-inf: now), "b" waits a round trip.
+    assert est.not_before("b", now=18.65, next_check=_at(-math.inf)) == pytest.approx(18.65 + RTT)
+
+
+def test_no_wait_for_a_task_that_is_not_asked_again_in_time() -> None:
+    est = _seen_in_one_pass(stamps={"a": 10.3, "b": 10.35})
+    est.observe("a", sent=18.6, received=18.6 + RTT, stamp=14)
+    assert est.not_before("b", now=18.6, next_check=_never) == -math.inf
+    # Planned well past the lag the forecasts allow: it cannot tell in time either.
+    assert est.not_before("b", now=18.6, next_check=_at(25.0)) == -math.inf
+
+
+def test_a_late_pass_defers_the_tasks_after_it_by_as_much() -> None:
+    est = _seen_in_one_pass(stamps={"a": 10.3, "b": 10.35})
+    plain = est.not_before("b", now=18.6, next_check=_never)
+    assert plain == -math.inf
+    # "a" stale at 18.6, then fresh at 18.9: its refresh came after 18.6, later than forecast.
+    est.observe("a", sent=18.6, received=18.6 + RTT, stamp=14)
+    est.observe("a", sent=18.9, received=18.9 + RTT, stamp=18)
+    later = est.not_before("b", now=18.6, next_check=_never)
+    assert later > 18.6
+    # By about as much as "a" was late (from 18.6 on), within the lag budget (a quarter of
+    # the 4 s period).
+    assert later <= 18.35 + 4.0 * 0.25 + 0.3
+    # Once that time has come, the check goes.
+    assert est.not_before("b", now=later, next_check=_never) <= later
+
+
+def test_only_the_task_before_counts_not_the_one_after() -> None:
+    est = _seen_in_one_pass(stamps={"a": 10.3, "b": 10.35, "c": 10.4})
+    # "c" (after "b" in the pass) stale says nothing of "b": "b" comes before it.
+    est.observe("c", sent=18.7, received=18.7 + RTT, stamp=14)
+    assert est.not_before("b", now=18.7, next_check=_at(18.8, "c")) == -math.inf
+    # "b" stale does defer "c".
+    est.observe("b", sent=18.7, received=18.7 + RTT, stamp=14)
+    assert est.not_before("c", now=18.7, next_check=_at(18.8, "b")) == 18.8 + RTT
+
+
+def test_a_forgotten_task_is_skipped_for_the_one_before_it() -> None:
+    est = _seen_in_one_pass(stamps={"a": 10.3, "b": 10.35, "c": 10.4})
+    est.observe("a", sent=18.6, received=18.6 + RTT, stamp=14)
+    est.forget("b")  # ended: the pass no longer refreshes it
+    assert est.not_before("c", now=18.6, next_check=_at(18.7)) == 18.7 + RTT
+    est.forget("a")
+    assert est.not_before("c", now=18.6, next_check=_at(18.7)) == -math.inf
+
+
+def test_a_deferral_never_exceeds_the_lag_budget() -> None:
+    est = _seen_in_one_pass(stamps={"a": 10.3, "b": 10.35})
+    est.observe("a", sent=18.6, received=18.6 + RTT, stamp=14)
+    own = est.forecast("b", 18.6)
+    assert own is not None
+    # "a" is asked again just inside the budget: "b" waits no longer than its own forecast
+    # plus a quarter period.
+    ahead = own.high + 0.9
+    later = est.not_before("b", now=18.6, next_check=_at(ahead))
+    assert later <= own.high + 1.0
