@@ -483,7 +483,10 @@ class RefreshEstimator:
             ahead = next_check(before.key)
             if ahead > own + budget:
                 return -_INF  # not asked again in time: it cannot tell
-            when = max(ahead, now) + self._rtt
+            # Under way or waiting its turn (due): look again a little later, a bounded
+            # number of times within the budget, not every round trip.
+            step = self._rtt if ahead > now else max(self._rtt, budget / _LOOKS)
+            when = max(ahead, now) + step
         else:
             return -_INF
         return min(when, own + budget)
@@ -710,6 +713,8 @@ _CERTIFIED_FOR = 10
 _GAIN = 0.25
 #: The least spread of a period, as a share of it.
 _SPREAD_FLOOR = 0.003
+#: How many times at most a check waiting on a check under way looks again within the budget.
+_LOOKS = 16
 #: How many tasks before a task in the pass are looked at to find one seen in the next pass.
 _NEIGHBOURS = 4
 #: While the loop is unknown, each search probe waits this share of the search so far.
