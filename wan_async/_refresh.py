@@ -340,9 +340,8 @@ class RefreshEstimator:
         self._resolution = resolution
         self._tasks: dict[Hashable, _Task] = {}
         self._order = 0
-        #: The tracked tasks' orders, ascending, and whose they are (for the pass neighbours).
-        self._orders: list[int] = []
-        self._by_order: dict[int, _Task] = {}
+        #: The tracked tasks by order, ascending (for the pass neighbours).
+        self._ordered: list[_Task] = []
         #: The latest refresh of the newest task seen refreshed: (order, lo, hi). A newer task
         #: is first refreshed in the same pass or a later one, a little after it.
         self._newest: tuple[int, float, float] | None = None
@@ -493,10 +492,9 @@ class RefreshEstimator:
 
     def _before(self, state: _Task) -> _Task | None:
         """The nearest tracked task created before ``state``'s and seen refreshed, if any."""
-        orders = self._orders
-        i = bisect.bisect_left(orders, state.order)
-        for j in range(i - 1, max(-1, i - 1 - _NEIGHBOURS), -1):
-            other = self._by_order[orders[j]]
+        ordered = self._ordered
+        i = bisect.bisect_left(ordered, state.order, key=_order_of)
+        for other in reversed(ordered[max(0, i - _NEIGHBOURS) : i]):
             if other.stamp is not None:
                 return other
         return None
@@ -598,9 +596,7 @@ class RefreshEstimator:
         """Stop tracking ``task`` (it ended, or the poller dropped it)."""
         state = self._tasks.pop(task, None)
         if state is not None:
-            del self._by_order[state.order]
-            i = bisect.bisect_left(self._orders, state.order)
-            del self._orders[i]
+            del self._ordered[bisect.bisect_left(self._ordered, state.order, key=_order_of)]
         if self._lease is not None and self._lease[0] == task:
             self._lease = None
         if self._sentinel == task:
@@ -614,8 +610,7 @@ class RefreshEstimator:
         if state is None:
             self._order += 1
             state = self._tasks[task] = _Task(task, self._order)
-            self._orders.append(state.order)
-            self._by_order[state.order] = state
+            self._ordered.append(state)  # orders only grow: the list stays sorted
         return state
 
     def _half_trip(self) -> float:
@@ -686,6 +681,10 @@ class RefreshEstimator:
         return _keep(
             state.lo + m * (period - spread), state.hi + m * (period + spread), elo, ehi, None
         )
+
+
+def _order_of(state: _Task) -> int:
+    return state.order
 
 
 def _middle(lo: float, hi: float) -> float:
