@@ -446,3 +446,51 @@ def test_the_first_waits_set_the_patience_at_once() -> None:
     for i in range(4):
         window.seen(i, at=155.0, started=60.0)
     assert window.eager
+
+
+def test_each_start_lets_two_more_in_while_the_window_binds() -> None:
+    """Tasks run for several refreshes, so a round's starts are only the tasks the last round
+    let in: two more per start triples the first round (8 -> 24), where one more per start
+    only added 8 a refresh."""
+    window = WindowEstimator(period=lambda: TICK, initial=8)
+    for i in range(8):
+        window.submitted(i, at=0.0)
+    for i in range(8):
+        window.seen(i, at=15.0, started=1.0)
+    assert window.limit == 24
+    for i in range(8, 24):
+        window.submitted(i, at=15.5)
+    for i in range(8, 24):
+        window.seen(i, at=30.0, started=16.0)
+    assert window.limit == 56
+
+
+def test_a_long_task_loop_is_filled_within_two_refreshes() -> None:
+    """30 slots, 60 tasks of about 2.7 refreshes each. From 8 in flight the window reaches
+    upstream's 30 at the second refresh (8, 24, 56), so the batch ends less than two periods
+    after submitting all 60 at once would; one more per start (8, 16, 24, 32) took three
+    rounds and cost about 2.5 periods."""
+    for seed in (1, 2, 3):
+        outcome = batch(
+            Upstream(capacity=slots(30)), tasks=60, work=(35.0, 45.0), first_check=30.0, seed=seed
+        )
+        assert outcome.makespan - outcome.everything <= 2 * TICK
+
+
+def test_tasks_known_running_count_although_not_seen_to_overlap() -> None:
+    """Three rounds of 8, 16 and 16, each seen running once, right after its first refresh:
+    their known intervals do not overlap (1-15, 16-30, 31-45 s), but all 40 run. One seen
+    waiting caps the growth at one and a half times the 40, not the 16 the reconstruction
+    shows."""
+    window = WindowEstimator(period=lambda: TICK, initial=8)
+    rounds = [(range(8), 0.0, 1.0, 15.0), (range(8, 24), 15.5, 16.0, 30.0)]
+    rounds.append((range(24, 40), 30.5, 31.0, 45.0))
+    for tasks, submitted, started, seen in rounds:
+        for i in tasks:
+            window.submitted(i, at=submitted)
+        for i in tasks:
+            window.seen(i, at=seen, started=started)
+    window.submitted(40, at=45.5)
+    window.seen(40, at=60.0, started=None)
+    assert window.concurrency == 16
+    assert window.limit >= 60

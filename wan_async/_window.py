@@ -14,11 +14,15 @@ ended before their first check), and kept a little ahead of it:
   does (its period, upstream's durations), never in how late this client noticed an end, so
   that a late check never grows the window that made it late;
 * at first, and again whenever every task in flight is seen running (the window binds), the
-  window grows by one for every task seen to start. The tasks that start in a round are those
-  the last round let in, so each round adds as many as the last: a ramp, not TCP's doubling,
-  which overshoots a busy upstream and pays status checks for every task it queues. Once any
-  of ours is seen waiting, it never grows beyond one and a half times the concurrency plus the
-  headroom. Upstream is taken to be full
+  window grows by two for every task seen to start. A task runs for several refreshes, so the
+  tasks that start in a round are only those the last round let in: one more per start would
+  add the same number every round (8, 16, 24, 32: three refreshes to fill 30 slots, the last
+  slots started periods late, a wall time a batch submitted at once never pays); two more
+  triples the first round and grows each later one by more than half (8, 24, 56). Once any
+  of ours is seen waiting, it never grows beyond one and a half times the most known to run
+  (the concurrency, or the tasks seen running and not yet ended where the reconstruction,
+  which counts a task only up to its latest answer, lags) plus the headroom. Upstream is
+  taken to be full
   once the concurrency has not risen for a while although tasks of ours were waiting (for a
   period plus twice the usual wait between a submit and its start), or at once when a submit
   is refused because upstream is saturated (:meth:`WindowEstimator.saturated`). Meanwhile
@@ -319,11 +323,16 @@ class WindowEstimator:
             self._startup = False
         headroom = self.headroom
         if self._startup:
-            grown = self._base + self._started
+            # Never beyond three times what is known to run: answers within one refresh come
+            # one by one, and the running ones first must not let in three times the tasks
+            # its waiting ones are about to show.
+            grown = min(self._base + 2 * self._started, 3 * max(self._running, concurrency))
             if self._queued:
-                # Some of ours wait: upstream may be nearly full. Grow past what ran at once
-                # by half, not threefold.
-                grown = min(grown, math.ceil(1.5 * concurrency) + headroom)
+                # Some of ours wait: upstream may be nearly full. Grow past what runs at once
+                # by half, not threefold. Tasks seen running and not ended count although
+                # their intervals were not seen to overlap yet (each is counted only up to its
+                # latest answer, and most are not asked about between start and end).
+                grown = min(grown, math.ceil(1.5 * max(concurrency, self._running)) + headroom)
         else:
             grown = concurrency + headroom
         limit = max(self._initial, grown)
