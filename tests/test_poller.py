@@ -171,6 +171,32 @@ async def test_detection_is_prompt(gateway: FakeGateway) -> None:
     assert sorted(lags)[len(lags) // 2] <= gateway.tick / 3
 
 
+async def test_a_sequential_pass_is_followed_task_by_task() -> None:
+    """A pass over 10 other users' tasks and ours, 0.5 s each, after a 3 s sleep: each task's
+    refresh comes right after the one created before it, and the period shrinks from 16 s as
+    ours end. Once one task is seen refreshed, the next one's check goes a pass step later,
+    and a check waits while the task before it is seen stale: every end of 16 tasks with
+    spread-out durations is seen within a third of the period, most within an eighth."""
+    durations = iter([40.0 + 7.0 * i for i in range(16)])
+    async with FakeGateway(
+        clock=ScaledClock(SCALE / 10),
+        refresh="sequential",
+        tick=3,
+        refresh_cost=0.5,
+        other_tenants=10,
+        processing_time=lambda body, rng: next(durations),
+    ) as gw:
+        async with make_client(gw) as client:
+            handles = [await client.submit(request(i)) for i in range(16)]
+            for h in handles:
+                await h
+        lags = sorted(gw.detection_lags())
+    assert len(lags) == 16
+    period = 3 + (10 + 16) * 0.5
+    assert lags[-1] <= period / 3, lags
+    assert lags[len(lags) // 2] <= period / 8, lags
+
+
 async def test_attach_by_id(gateway: FakeGateway, client: WanClient) -> None:
     """A task created elsewhere is tracked by id; attaching twice gives the same handle."""
     created = await client.create_task(request(1))

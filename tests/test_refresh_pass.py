@@ -68,20 +68,62 @@ def test_no_wait_for_a_task_that_is_not_asked_again_in_time() -> None:
     assert est.not_before("b", now=18.6, next_check=_at(25.0)) == -math.inf
 
 
-def test_a_late_pass_defers_the_tasks_after_it_by_as_much() -> None:
+def test_once_the_task_before_is_seen_refreshed_nothing_holds_a_check_back() -> None:
     est = _seen_in_one_pass(stamps={"a": 10.3, "b": 10.35})
-    plain = est.not_before("b", now=18.6, next_check=_never)
-    assert plain == -math.inf
-    # "a" stale at 18.6, then fresh at 18.9: its refresh came after 18.6, later than forecast.
+    # "a" stale at 18.6, then fresh at 18.9: its refresh came in (18.6, 18.9], late.
     est.observe("a", sent=18.6, received=18.6 + RTT, stamp=14)
+    assert est.not_before("b", now=18.62, next_check=_at(18.9)) > 18.62  # waits on "a"
     est.observe("a", sent=18.9, received=18.9 + RTT, stamp=18)
-    later = est.not_before("b", now=18.6, next_check=_never)
-    assert later > 18.6
-    # By about as much as "a" was late (from 18.6 on), within the lag budget (a quarter of
-    # the 4 s period).
-    assert later <= 18.35 + 4.0 * 0.25 + 0.3
-    # Once that time has come, the check goes.
-    assert est.not_before("b", now=later, next_check=_never) <= later
+    # "b" came right after "a" in that pass: it goes, deferred by nothing but a pass step
+    # after "a"'s refresh (none learned yet).
+    assert est.not_before("b", now=18.92, next_check=_never) <= 18.92
+    # Before "a"'s refresh could have come, it would still have waited (the old rule
+    # deferred it by as much as "a" was late, to about 19.05).
+    assert est.not_before("b", now=18.5, next_check=_never) > 18.5
+
+
+def test_a_fresh_answer_names_the_next_tasks_in_the_pass_not_seen_in_it() -> None:
+    est = _seen_in_one_pass(stamps={"a": 10.3, "b": 10.35, "c": 10.4})
+    est.observe("a", sent=18.5, received=18.5 + RTT, stamp=18)  # the pass of 18.3
+    follow = est.followers("a")
+    assert [key for key, _, _ in follow] == ["b", "c"]
+    (_, b_at, b_aimed), (_, c_at, _) = follow
+    # Due right after "a"'s refresh (seen by 18.5), one pass step apart (none learned yet).
+    assert b_at == pytest.approx(18.5 + RTT / 2)
+    assert c_at >= b_at
+    # A check of "b" aimed at this pass is planned no later than its forecast plus the lag
+    # budget (a quarter of the 4 s period); later ones aim at a later pass.
+    assert 18.35 < b_aimed <= 18.35 + 1.0 + 1.5
+    # "b" seen in this pass already: only "c" is left to move; "c" never moves "a" or "b".
+    est.observe("b", sent=18.51, received=18.51 + RTT, stamp=18)
+    assert [key for key, _, _ in est.followers("a")] == ["c"]
+    est.observe("c", sent=18.52, received=18.52 + RTT, stamp=18)
+    assert est.followers("c") == []
+
+
+def test_the_pass_step_is_learned_from_moved_checks() -> None:
+    est = _seen_in_one_pass(stamps={"a": 10.3, "b": 10.35, "c": 10.4, "d": 10.45})
+    assert est.spacing == 0.0
+    est.observe("a", sent=18.36, received=18.36 + RTT, stamp=18)
+    # "b" asked at once after "a" was seen refreshed: stale, the pass had not reached it.
+    est.pulled("b")
+    est.observe("b", sent=18.37, received=18.37 + RTT, stamp=14)
+    first = est.spacing
+    assert first == pytest.approx(RTT)  # at least a round trip
+    est.pulled("c")
+    est.observe("c", sent=18.5, received=18.5 + RTT, stamp=14)
+    assert est.spacing == pytest.approx(1.5 * first)
+    # A fresh one shortens it a little; a check not moved teaches nothing.
+    est.pulled("b")
+    est.observe("b", sent=18.6, received=18.6 + RTT, stamp=18)
+    assert est.spacing == pytest.approx(1.5 * first * 0.98)
+    est.observe("d", sent=18.6, received=18.6 + RTT, stamp=14)
+    assert est.spacing == pytest.approx(1.5 * first * 0.98)
+    # Never past a share of the lag budget (a quarter period, over 4 neighbours).
+    for _ in range(40):
+        est.pulled("d")
+        est.observe("d", sent=18.7, received=18.7 + RTT, stamp=14)
+    assert est.spacing <= est.period * 0.25 / 4 + 1e-9
 
 
 def test_only_the_task_before_counts_not_the_one_after() -> None:

@@ -615,7 +615,10 @@ class Poller:
             if snapshot.updated_at and snapshot.status is not TaskStatus.NOT_START
             else None
         )
+        fresh = stamp is not None and stamp != watch.refreshed_at
         refresh.observe(task_id, sent=sent, received=received, stamp=stamp)
+        if fresh:
+            self._pull_followers(task_id, received)
         watch.seen_at = received
         self._unanswered.discard(task_id)
         if stamp is not None:
@@ -657,6 +660,24 @@ class Poller:
         self._window_moved()
         self._unpark()
         self._reschedule(watch, self._plan(watch, snapshot.status, received))
+
+    def _pull_followers(self, task_id: str, now: float) -> None:
+        """``task_id`` was just seen refreshed in a new pass: the check of the next task after
+        it in the pass that is planned for this pass (within the lag the forecasts allow) goes
+        at once, a pass step after this one's refresh.
+        """
+        refresh = self._refresh
+        soon = now + refresh.resolution * refresh.period
+        for key, when, aimed in refresh.followers(task_id):
+            watch = self._watches.get(key) if isinstance(key, str) else None
+            if watch is None or not watch.active or not watch.next_at <= min(soon, aimed):
+                continue  # not asked about in this pass: the next one may be
+            if max(now, when) < watch.next_at:
+                refresh.pulled(key)
+                self._schedule(watch, max(now, when))
+            # Its own answer moves the ones after it: each check is moved by the one just
+            # before it in the pass, not again by every task before that.
+            break
 
     def _learn(self, watch: Watch, snapshot: TaskSnapshot) -> None:
         """What an ended task teaches: how long work takes, how many of ours ran at once."""

@@ -286,10 +286,9 @@ class _Task:
         "bias",
         "ehi",
         "elo",
+        "fresh_at",
         "hi",
         "key",
-        "late",
-        "late_at",
         "lo",
         "order",
         "origin",
@@ -312,10 +311,9 @@ class _Task:
         #: How much longer this task's period is than the loop's: its place in a pass that
         #: grows or shrinks moves with it.
         self.bias = 0.0
-        #: How much later than forecast its latest refresh was proven to come, and from when
-        #: (the tasks after it in the same pass are as late).
-        self.late = 0.0
-        self.late_at = -_INF
+        #: From when its latest refresh was seen (the tasks after it in the same pass come
+        #: right after it).
+        self.fresh_at = -_INF
 
 
 class RefreshEstimator:
@@ -356,6 +354,9 @@ class RefreshEstimator:
         self._lease: tuple[Hashable, float] | None = None
         #: Moves when plans that waited on the loop can be made (see ask_at).
         self.generation = 0
+        #: The pass step (see spacing), and the tasks whose checks were moved by it.
+        self._spacing = 0.0
+        self._pulled: set[Hashable] = set()
 
     # -- reading ------------------------------------------------------------------------
 
@@ -378,6 +379,11 @@ class RefreshEstimator:
     def offset(self) -> float:
         """The client's clock minus the gateway's, in seconds."""
         return self.clock.offset
+
+    @property
+    def resolution(self) -> float:
+        """The lag the forecasts allow, as a share of the period."""
+        return self._resolution
 
     @property
     def round_trip(self) -> float:
@@ -460,8 +466,9 @@ class RefreshEstimator:
           the same pass as this one's) is still to come: if it is to be asked soon
           (``next_check`` says when: now while a check is under way), ask this one once that
           check has answered;
-        * once it was seen refreshed after this one's latest refresh, this one's comes later
-          than forecast by as much as that one's did.
+        * once it was seen refreshed after this one's latest refresh, this one's came right
+          after it (:meth:`followers` names the checks that may then go at once): nothing
+          defers it but that refresh's own earliest time.
 
         Never later than this task's own forecast plus the lag the forecasts allow
         (``resolution`` periods), so a pass in another order costs no more than that.
@@ -476,8 +483,8 @@ class RefreshEstimator:
         period = loop.period
         budget = self._resolution * period
         own = state.hi + period + state.bias + loop.spread - self._half_trip()
-        if before.late_at > state.hi:
-            when = own + before.late
+        if before.fresh_at > state.hi:
+            when = before.ehi + self._spacing
         elif before.since > state.hi and state.hi - before.hi < period / 2:
             ahead = next_check(before.key)
             if ahead > own + budget:
@@ -489,6 +496,51 @@ class RefreshEstimator:
         else:
             return -_INF
         return min(when, own + budget)
+
+    def followers(self, task: Hashable) -> list[tuple[Hashable, float, float]]:
+        """The tasks after ``task`` in the pass, just seen refreshed in a new pass, that this
+        pass has not been seen to reach yet, each with when its refresh should have come
+        (right after this one's, SPEC §3.2) and the latest a check aimed at this pass is
+        planned for: a check of theirs planned for this pass may go then. Tell
+        :meth:`pulled` which checks were moved.
+
+        The nearest few tracked tasks created after it that were seen refreshed before (a
+        task never refreshed has no place in the pass known yet), the k-th of them k pass
+        steps (:attr:`spacing`) after this one's refresh.
+        """
+        state = self._tasks.get(task)
+        loop = self.loop
+        if state is None or state.stamp is None or not loop.known:
+            return []
+        # Refreshed in an earlier pass than this one, as far as seen.
+        reached = state.elo - loop.period / 2
+        ordered = self._ordered
+        i = bisect.bisect_right(ordered, state.order, key=_order_of)
+        later = [o for o in ordered[i : i + _NEIGHBOURS] if o.stamp is not None]
+        period, spread = loop.period, loop.spread
+        budget = self._resolution * period
+        return [
+            (
+                other.key,
+                state.ehi + k * self._spacing,
+                other.hi + period + other.bias + spread + budget,
+            )
+            for k, other in enumerate(later, start=1)
+            if other.hi < reached
+        ]
+
+    def pulled(self, task: Hashable) -> None:
+        """A check of ``task`` was moved to when :meth:`followers` said: its answer, fresh or
+        stale, tells whether the pass steps were taken long enough."""
+        if task in self._tasks:
+            self._pulled.add(task)
+
+    @property
+    def spacing(self) -> float:
+        """How long a pass takes from one task to the next, as learned from checks moved to
+        right after the task before (a stale one lengthens it, a fresh one shortens it a
+        little: about one in twenty comes too early)."""
+        return self._spacing
 
     def _before(self, state: _Task) -> _Task | None:
         """The nearest tracked task created before ``state``'s and seen refreshed, if any."""
@@ -566,6 +618,15 @@ class RefreshEstimator:
             state.origin = sent
         if self._lease is not None and self._lease[0] == task:
             self._lease = None
+        if task in self._pulled:
+            self._pulled.discard(task)
+            fresh = stamp is not None and (state.stamp is None or stamp > state.stamp)
+            if fresh:
+                self._spacing *= 1 - _SHORTEN
+            else:
+                # Never past a share of the lag budget: the steps of a few tasks fit in it.
+                cap = self._resolution * self.loop.period / _NEIGHBOURS
+                self._spacing = min(max(_LENGTHEN * self._spacing, self._rtt), cap)
         if stamp is None:
             state.since = max(state.since, sent)
             return
@@ -595,6 +656,7 @@ class RefreshEstimator:
     def forget(self, task: Hashable) -> None:
         """Stop tracking ``task`` (it ended, or the poller dropped it)."""
         state = self._tasks.pop(task, None)
+        self._pulled.discard(task)
         if state is not None:
             del self._ordered[bisect.bisect_left(self._ordered, state.order, key=_order_of)]
         if self._lease is not None and self._lease[0] == task:
@@ -671,7 +733,7 @@ class RefreshEstimator:
             forecast_lo = state.lo + m * (period - spread)
             forecast_hi = state.hi + m * (period + spread)
             loop.missed(max(elo - forecast_hi, forecast_lo - ehi, 0.0))
-            state.late, state.late_at = max(0.0, elo - forecast_hi), elo
+            state.fresh_at = elo
             if m == 1:
                 # This task's own period, against the loop's: a gap known to within a second
                 # counts fully, one from whole-second stamps alone a quarter.
@@ -714,6 +776,11 @@ _GAIN = 0.25
 _SPREAD_FLOOR = 0.003
 #: How many times at most a check waiting on a check under way looks again within the budget.
 _LOOKS = 16
+#: A check moved to a pass step after the task before that came back stale lengthens the
+#: step this many times; a fresh one shortens it by this share (the stale ones settle near
+#: one in twenty: 0.02 / (ln 1.5 + 0.02)).
+_LENGTHEN = 1.5
+_SHORTEN = 0.02
 #: How many tasks before a task in the pass are looked at to find one seen in the next pass.
 _NEIGHBOURS = 4
 #: While the loop is unknown, each search probe waits this share of the search so far.
