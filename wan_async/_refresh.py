@@ -25,8 +25,9 @@ asked at widening intervals, from a few round trips on: a handful of GETs find i
 
 A pass reaches tasks in the order they were created, so the task just before one in the pass
 tells when a check of it is early (:meth:`RefreshEstimator.not_before`): while that one is seen
-stale, the pass has not reached either; once it is seen late, so is the next. A pass that runs
-late then costs one stale answer at its front, not one per task.
+stale, the pass has not reached either. Once it is seen refreshed, the next one's refresh comes
+a pass step later (:meth:`RefreshEstimator.followers`), and its check can go then. A pass that
+runs late then costs one stale answer at its front, not one per task.
 
 Times are in the client's monotonic clock; stamps are gateway Unix seconds. Nothing here does I/O
 or reads a clock: times are passed in.

@@ -21,10 +21,10 @@ ended before their first check), and kept a little ahead of it:
   triples the first round and grows each later one by more than half (8, 24, 56). Once any
   of ours is seen waiting, it never grows beyond one and a half times the most known to run
   (the concurrency, or the tasks seen running and not yet ended where the reconstruction,
-  which counts a task only up to its latest answer, lags) plus the headroom. Upstream is
-  taken to be full
-  once the concurrency has not risen for a while although tasks of ours were waiting (for a
-  period plus twice the usual wait between a submit and its start), or at once when a submit
+  which counts a task only up to its latest answer, lags) plus the headroom, and never
+  beyond three times the tasks known to run. Upstream is taken to be full once the
+  concurrency has not risen for a while although tasks of ours were waiting (for a period
+  plus twice the usual wait between a submit and its start), or at once when a submit
   is refused because upstream is saturated (:meth:`WindowEstimator.saturated`). Meanwhile
   :attr:`WindowEstimator.eager` asks the poller to check new tasks right after their first
   refresh, so that it knows soon whether they started;
@@ -326,13 +326,15 @@ class WindowEstimator:
             # Never beyond three times what is known to run: answers within one refresh come
             # one by one, and the running ones first must not let in three times the tasks
             # its waiting ones are about to show.
-            grown = min(self._base + 2 * self._started, 3 * max(self._running, concurrency))
+            # Tasks seen running and not ended count although their intervals were not seen
+            # to overlap yet (each is counted only up to its latest answer, and most are not
+            # asked about between start and end).
+            running = max(self._running, concurrency)
+            grown = min(self._base + 2 * self._started, 3 * running)
             if self._queued:
                 # Some of ours wait: upstream may be nearly full. Grow past what runs at once
-                # by half, not threefold. Tasks seen running and not ended count although
-                # their intervals were not seen to overlap yet (each is counted only up to its
-                # latest answer, and most are not asked about between start and end).
-                grown = min(grown, math.ceil(1.5 * max(concurrency, self._running)) + headroom)
+                # by half, not threefold.
+                grown = min(grown, math.ceil(1.5 * running) + headroom)
         else:
             grown = concurrency + headroom
         limit = max(self._initial, grown)
