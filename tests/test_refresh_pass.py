@@ -39,9 +39,17 @@ def _at(when: float, task: str = "a") -> Callable[[Hashable], float]:
 
 def test_nothing_defers_a_check_while_the_pass_is_on_time() -> None:
     est = _seen_in_one_pass(stamps={"a": 10.3, "b": 10.35})
-    # Nobody has been asked since the latest refreshes: no evidence either way.
-    assert est.not_before("b", now=18.5, next_check=_at(18.5)) == -math.inf
+    # Nobody has been asked since the latest refreshes, nor is being asked: no evidence.
+    assert est.not_before("b", now=18.5, next_check=_at(18.6)) == -math.inf
     assert est.not_before("a", now=18.5, next_check=_never) == -math.inf
+
+
+def test_a_task_waits_for_the_answer_of_the_one_before_it_asked_now() -> None:
+    est = _seen_in_one_pass(stamps={"a": 10.3, "b": 10.35})
+    # "a" is due now (or under way): its answer tells whether the pass reached "b".
+    step = est.period * 0.25 / 16
+    assert est.not_before("b", now=18.5, next_check=_at(18.5)) == pytest.approx(18.5 + step)
+    assert est.not_before("b", now=18.5, next_check=_at(-math.inf)) == pytest.approx(18.5 + step)
 
 
 def test_a_task_waits_while_the_one_before_it_in_the_pass_is_stale() -> None:
@@ -155,3 +163,98 @@ def test_a_deferral_never_exceeds_the_lag_budget() -> None:
     ahead = own.high + 0.9
     later = est.not_before("b", now=18.6, next_check=_at(ahead))
     assert later <= own.high + 1.0
+
+
+# -- tasks not refreshed yet: placed by the task before them in their first pass ------------
+
+
+def _two_passes_then(*, b_in_second: bool) -> RefreshEstimator:
+    """Tasks "a" and "b" (submitted at 0) refreshed at 10.3 / 10.35 and seen then; in the next pass
+    "a" is refreshed at 14.3 and seen at 14.5, "b" (at 14.35) seen only if ``b_in_second``."""
+    est = RefreshEstimator(hint=4.0)
+    for task in ("a", "b"):
+        est.observe_submit(task, sent=0.0, received=RTT, created=0)
+    est.observe("a", sent=10.5, received=10.5 + RTT, stamp=10)
+    est.observe("b", sent=10.55, received=10.55 + RTT, stamp=10)
+    est.observe("a", sent=14.5, received=14.5 + RTT, stamp=14)
+    if b_in_second:
+        est.observe("b", sent=14.55, received=14.55 + RTT, stamp=14)
+    return est
+
+
+def test_a_task_created_while_a_pass_runs_is_first_refreshed_in_the_next_one() -> None:
+    # "c" is created at 14.32, after the pass that refreshes "a" at 14.3 began but before it
+    # reached "b" (at 14.35): a pass refreshes the tasks unfinished when it began, so "c"
+    # comes right after "b" in the pass of about 18.35 (before this rule: in the pass that
+    # was running, right after "b"'s refresh there).
+    est = RefreshEstimator(hint=4.0)
+    for task in ("a", "b"):
+        est.observe_submit(task, sent=0.0, received=RTT, created=0)
+    est.observe("a", sent=10.5, received=10.5 + RTT, stamp=10)
+    est.observe("b", sent=10.55, received=10.55 + RTT, stamp=10)
+    est.observe_submit("c", sent=14.32, received=14.32 + RTT, created=14)
+    forecast = est.forecast("c", 14.33)
+    assert forecast is not None
+    # Two periods on from "b"'s latest refresh, within twice the spread of an estimate not
+    # certified yet (an eighth of the period).
+    assert 18.3 <= forecast.expected <= 18.6
+    assert forecast.high <= forecast.expected + 1.0
+    # So it is asked in that pass (in the middle of a forecast still wide), not in this one.
+    assert est.ask_at("c", after=14.33, now=14.33) >= 16.0
+    # Once "a" and "b" are seen refreshed in this pass, it still is.
+    est.observe("a", sent=14.5, received=14.5 + RTT, stamp=14)
+    est.observe("b", sent=14.55, received=14.55 + RTT, stamp=14)
+    later = est.forecast("c", 14.33)
+    assert later is not None
+    assert 18.3 <= later.expected <= 18.6
+
+
+def test_a_task_created_before_a_pass_began_is_forecast_in_it_after_the_one_before() -> None:
+    # "c" created at 13.0, before the pass of 14.3: it comes right after "b" in that pass.
+    est = RefreshEstimator(hint=4.0)
+    for task in ("a", "b"):
+        est.observe_submit(task, sent=0.0, received=RTT, created=0)
+    est.observe("a", sent=10.5, received=10.5 + RTT, stamp=10)
+    est.observe("b", sent=10.55, received=10.55 + RTT, stamp=10)
+    est.observe_submit("c", sent=13.0, received=13.0 + RTT, created=13)
+    forecast = est.forecast("c", 13.0 + RTT)
+    assert forecast is not None
+    assert 14.35 <= forecast.high <= 14.55 + 1.0
+
+
+def test_a_new_task_waits_for_the_new_task_before_it() -> None:
+    # "c" and "d" created together at 13: "c" is refreshed first. While "c" is being asked,
+    # "d" waits for that answer (before this rule: nothing deferred a task never refreshed).
+    est = _two_passes_then(b_in_second=False)
+    for task in ("c", "d"):
+        est.observe_submit(task, sent=13.0, received=13.0 + RTT, created=13)
+    assert est.not_before("d", now=14.6, next_check=_at(-math.inf, "c")) > 14.6
+    assert est.not_before("d", now=14.6, next_check=_never) == -math.inf
+
+
+def test_a_fresh_answer_names_new_tasks_created_before_its_pass_began() -> None:
+    est = _two_passes_then(b_in_second=False)
+    est.observe_submit("c", sent=13.0, received=13.0 + RTT, created=13)  # before 14.3
+    est.observe_submit("d", sent=14.52, received=14.52 + RTT, created=14)  # after
+    est.observe("b", sent=14.55, received=14.55 + RTT, stamp=14)
+    assert [key for key, _, _ in est.followers("b")] == ["c"]
+
+
+def test_a_moved_check_of_a_new_task_teaches_nothing_of_the_step() -> None:
+    # A new task stale where it was moved may only have been created after the pass began.
+    est = _two_passes_then(b_in_second=True)
+    est.observe_submit("c", sent=13.0, received=13.0 + RTT, created=13)
+    est.pulled("c")
+    est.observe("c", sent=14.56, received=14.56 + RTT, stamp=None)
+    assert est.spacing == 0.0
+
+
+def test_the_nearest_task_before_that_tells_counts_not_only_the_next_one() -> None:
+    est = _seen_in_one_pass(stamps={"a": 10.3, "b": 10.35, "c": 10.4})
+    # "a" is being asked now; "b" (between) is not: "c" waits for "a"'s answer.
+    assert est.not_before("c", now=18.5, next_check=_at(-math.inf, "a")) > 18.5
+    # "a" seen refreshed in the new pass: "c" comes two steps after it, not before.
+    est.observe("a", sent=18.5, received=18.5 + RTT, stamp=18)
+    assert est.not_before("c", now=18.5, next_check=_never) == pytest.approx(
+        18.5 + RTT / 2 + 2 * est.spacing
+    )

@@ -23,11 +23,14 @@ the forecast, or in its middle while it is too wide to keep the detection lag a 
 the period (either answer halves it). Until the loop is seen at all, one task is
 asked at widening intervals, from a few round trips on: a handful of GETs find it.
 
-A pass reaches tasks in the order they were created, so the task just before one in the pass
-tells when a check of it is early (:meth:`RefreshEstimator.not_before`): while that one is seen
-stale, the pass has not reached either. Once it is seen refreshed, the next one's refresh comes
-a pass step later (:meth:`RefreshEstimator.followers`), and its check can go then. A pass that
-runs late then costs one stale answer at its front, not one per task.
+A pass reaches tasks in the order they were created, so the tasks before one in the pass tell
+when a check of it is early (:meth:`RefreshEstimator.not_before`): while one of them is being
+asked, or is seen stale, the pass has not reached this one either. Once one is seen refreshed,
+this one's refresh comes a pass step later for each task between them
+(:meth:`RefreshEstimator.followers`), and its check can go then. A pass that runs late then
+costs one stale answer at its front, not one per task. A pass refreshes the tasks unfinished
+when it began: a task not refreshed yet comes right after the task before it in the first pass
+that began after it was created, and is asked then, not in the pass that was running.
 
 Times are in the client's monotonic clock; stamps are gateway Unix seconds. Nothing here does I/O
 or reads a clock: times are passed in.
@@ -398,8 +401,18 @@ class RefreshEstimator:
         since = state.since if state is not None else -_INF
         loop = self.loop
         bias = 0.0
+        new = state is not None and state.stamp is None and loop.known
+        ahead = self._ahead(state) if new and state is not None else None
         if state is not None and state.stamp is not None:
             lo, hi, slack, first, bias = state.lo, state.hi, 0.0, 1, state.bias
+        elif ahead is not None and state is not None:
+            # Right after the task before it in its first pass: the first pass that began
+            # after it was created.
+            other, steps, began = ahead
+            lo, hi, bias = other.lo, other.hi, other.bias
+            slack = steps * self._spacing
+            # The refresh of that one in the first pass that began after this one was created.
+            first = max(0, math.floor((state.origin - began) / (loop.period + bias)) + 1)
         elif self._newest is not None:
             _, lo, hi = self._newest
             slack, first = self._newcomer, 0
@@ -413,7 +426,7 @@ class RefreshEstimator:
                 return Forecast(low=low, high=high, expected=high)
             return None
         period, spread = loop.period + bias, loop.spread
-        if first == 0 and since >= hi + slack:
+        if first == 0 and since >= hi + slack + (0.0 if ahead is None else self._budget()):
             first = 1  # submitted (or asked about) after the reference's pass
         # The next refresh not seen yet: after the last answer that did not show it.
         low = max(lo + first * (period - spread), since)
@@ -456,47 +469,92 @@ class RefreshEstimator:
     def not_before(
         self, task: Hashable, *, now: float, next_check: Callable[[Hashable], float]
     ) -> float:
-        """When a check of ``task`` due now is early, because of what the task just before it
-        in the pass showed (-inf when nothing says so).
+        """When a check of ``task`` due now is early, because of what the tasks before it in
+        the pass showed (-inf when nothing says so).
 
         A pass refreshes tasks one after another, in the order they were created (SPEC §3.2),
-        so the task created just before this one (of those tracked) is refreshed just before
-        it in every pass, and a pass that runs late runs late for both:
+        so a task created before this one (of those tracked) is refreshed before it in every
+        pass, and a pass that runs late runs late for both. The nearest one (within a few
+        dozen) that tells anything of the pass after this one's latest refresh counts:
 
-        * while that task is seen stale after this one's latest refresh, its next refresh (in
-          the same pass as this one's) is still to come: if it is to be asked soon
-          (``next_check`` says when: now while a check is under way), ask this one once that
-          check has answered;
-        * once it was seen refreshed after this one's latest refresh, this one's came right
-          after it (:meth:`followers` names the checks that may then go at once): nothing
-          defers it but that refresh's own earliest time.
+        * while it is being asked (``next_check`` says when: now while a check is under way,
+          or due), or was seen stale in that pass and is asked again soon, its refresh in that
+          pass is still to come: ask this one once that check has answered;
+        * once it was seen refreshed in that pass, this one's comes a pass step later for
+          each tracked task between them (:meth:`followers` names the checks that may then go
+          at once): nothing defers it but that.
 
-        Never later than this task's own forecast plus the lag the forecasts allow
-        (``resolution`` periods), so a pass in another order costs no more than that.
+        A task not refreshed yet waits likewise on the one before it in its first pass (a new
+        one created before it, or the nearest seen refreshed). Never later than this task's
+        own forecast plus the lag the forecasts allow (``resolution`` periods), so a pass in
+        another order costs no more than that.
         """
         state = self._tasks.get(task)
         loop = self.loop
-        if state is None or state.stamp is None or not loop.known or self._rtt == _INF:
-            return -_INF
-        before = self._before(state)
-        if before is None:
+        if state is None or not loop.known or self._rtt == _INF:
             return -_INF
         period = loop.period
-        budget = self._resolution * period
-        own = state.hi + period + state.bias + loop.spread - self._half_trip()
-        if before.fresh_at > state.hi:
-            when = before.ehi + self._spacing
-        elif before.since > state.hi and state.hi - before.hi < period / 2:
-            ahead = next_check(before.key)
-            if ahead > own + budget:
+        budget = self._budget()
+        if state.stamp is not None:
+            own = state.hi + period + state.bias + loop.spread - self._half_trip()
+            found = self._informed(state, now=now, until=own + budget, next_check=next_check)
+            if found is None:
+                return -_INF
+            before, steps, seen = found
+        else:
+            # Not refreshed yet: the tasks before it in its first pass tell the same. One not
+            # refreshed yet either is refreshed first (in that pass or an earlier one).
+            ahead = self._ahead(state)
+            forecast = self.forecast(task, state.since)
+            if ahead is None or forecast is None:
+                return -_INF
+            before, steps, began = ahead
+            i = bisect.bisect_left(self._ordered, state.order, key=_order_of)
+            if steps > 1:
+                before, seen = self._ordered[i - 1], False
+            else:
+                seen = began > state.origin
+            own = forecast.high - self._half_trip()
+        if seen:
+            when = before.ehi + steps * self._spacing
+        else:
+            ahead_at = next_check(before.key)
+            if ahead_at > own + budget:
                 return -_INF  # not asked again in time: it cannot tell
             # Under way or waiting its turn (due): look again a little later, a bounded
             # number of times within the budget, not every round trip.
-            step = self._rtt if ahead > now else max(self._rtt, budget / _LOOKS)
-            when = max(ahead, now) + step
-        else:
-            return -_INF
+            step = self._rtt if ahead_at > now else max(self._rtt, budget / _LOOKS)
+            when = max(ahead_at, now) + step
         return min(when, own + budget)
+
+    def _informed(
+        self,
+        state: _Task,
+        *,
+        now: float,
+        until: float,
+        next_check: Callable[[Hashable], float],
+    ) -> tuple[_Task, int, bool] | None:
+        """The nearest tracked task before ``state`` in the pass (within a few dozen) that
+        tells about the pass after ``state``'s latest refresh, how many tasks before it is,
+        and whether it was seen refreshed in that pass (else it is being asked now, or was
+        seen stale in it and is asked again by ``until``)."""
+        ordered = self._ordered
+        i = bisect.bisect_left(ordered, state.order, key=_order_of)
+        half = self.loop.period / 2
+        for j in range(i - 1, max(-1, i - 1 - _REACH), -1):
+            other = ordered[j]
+            if other.stamp is None:
+                continue
+            if other.fresh_at > state.hi:
+                return other, i - j, True
+            ahead_at = next_check(other.key)
+            if ahead_at <= now:
+                return other, i - j, False
+            stale = other.since > state.hi and state.hi - other.hi < half
+            if stale and ahead_at <= until:
+                return other, i - j, False
+        return None
 
     def followers(self, task: Hashable) -> list[tuple[Hashable, float, float]]:
         """The tasks after ``task`` in the pass, just seen refreshed in a new pass, that this
@@ -505,9 +563,9 @@ class RefreshEstimator:
         planned for: a check of theirs planned for this pass may go then. Tell
         :meth:`pulled` which checks were moved.
 
-        The nearest few tracked tasks created after it that were seen refreshed before (a
-        task never refreshed has no place in the pass known yet), the k-th of them k pass
-        steps (:attr:`spacing`) after this one's refresh.
+        The nearest few tracked tasks created after it that this pass refreshes: those seen
+        refreshed in an earlier pass, and those not refreshed yet that were created before the
+        pass began. The k-th of them comes k pass steps (:attr:`spacing`) after this one.
         """
         state = self._tasks.get(task)
         loop = self.loop
@@ -517,18 +575,23 @@ class RefreshEstimator:
         reached = state.elo - loop.period / 2
         ordered = self._ordered
         i = bisect.bisect_right(ordered, state.order, key=_order_of)
-        later = [o for o in ordered[i : i + _NEIGHBOURS] if o.stamp is not None]
+        began = self._began(state, i - 1)
         period, spread = loop.period, loop.spread
-        budget = self._resolution * period
-        return [
-            (
-                other.key,
-                state.ehi + k * self._spacing,
-                other.hi + period + other.bias + spread + budget,
-            )
-            for k, other in enumerate(later, start=1)
-            if other.hi < reached
-        ]
+        budget = self._budget()
+        found: list[tuple[Hashable, float, float]] = []
+        k = 0
+        for other in ordered[i : i + _NEIGHBOURS]:
+            if other.stamp is not None:
+                k += 1
+                if other.hi < reached:
+                    aimed = other.hi + period + other.bias + spread + budget
+                    found.append((other.key, state.ehi + k * self._spacing, aimed))
+            elif other.origin < began:
+                k += 1
+                forecast = self.forecast(other.key, other.since)
+                if forecast is not None:
+                    found.append((other.key, state.ehi + k * self._spacing, forecast.high + budget))
+        return found
 
     def pulled(self, task: Hashable) -> None:
         """A check of ``task`` was moved to when :meth:`followers` said: its answer, fresh or
@@ -543,14 +606,32 @@ class RefreshEstimator:
         little: about one in twenty comes too early)."""
         return self._spacing
 
-    def _before(self, state: _Task) -> _Task | None:
-        """The nearest tracked task created before ``state``'s and seen refreshed, if any."""
+    def _ahead(self, state: _Task) -> tuple[_Task, int, float] | None:
+        """For a task not seen refreshed yet: the nearest tracked task created before it that
+        was (within a few dozen), how many pass steps after that one it comes, and when the
+        pass of that one's latest refresh began (:meth:`_began`)."""
         ordered = self._ordered
         i = bisect.bisect_left(ordered, state.order, key=_order_of)
-        for other in reversed(ordered[max(0, i - _NEIGHBOURS) : i]):
+        for j in range(i - 1, max(-1, i - 1 - _REACH), -1):
+            other = ordered[j]
             if other.stamp is not None:
-                return other
+                return other, i - j, self._began(other, j)
         return None
+
+    def _began(self, state: _Task, j: int) -> float:
+        """When the pass of the latest refresh of ``state`` (the ``j``-th tracked task) began,
+        as well as can be told: a pass step before it for each tracked task before it, and no
+        later than the oldest tracked task's refresh in that pass (each taken in the middle of
+        what is known of it). A task created after then is not in
+        that pass: a pass refreshes the tasks unfinished when it begins."""
+        at = _middle(state.lo, state.hi)
+        began = at - j * self._spacing
+        head = self._ordered[0]
+        if head is not state and head.stamp is not None:
+            first = _middle(head.lo, head.hi)
+            if first <= at and at - first < self.loop.period / 2:
+                began = min(began, first)
+        return began
 
     def _search(self, task: Hashable, now: float) -> float | None:
         """Nothing to forecast with: one task asks at widening intervals, the others wait."""
@@ -619,9 +700,13 @@ class RefreshEstimator:
             state.origin = sent
         if self._lease is not None and self._lease[0] == task:
             self._lease = None
-        if task in self._pulled:
+        if task in self._pulled and state.stamp is None:
+            # Not refreshed before: a stale answer may only say that it was created after
+            # the pass began, not that the step was short.
             self._pulled.discard(task)
-            fresh = stamp is not None and (state.stamp is None or stamp > state.stamp)
+        elif task in self._pulled:
+            self._pulled.discard(task)
+            fresh = stamp is not None and state.stamp is not None and stamp > state.stamp
             if fresh:
                 self._spacing *= 1 - _SHORTEN
             else:
@@ -675,6 +760,10 @@ class RefreshEstimator:
             state = self._tasks[task] = _Task(task, self._order)
             self._ordered.append(state)  # orders only grow: the list stays sorted
         return state
+
+    def _budget(self) -> float:
+        """The detection lag the forecasts allow, in seconds."""
+        return self._resolution * self.loop.period
 
     def _half_trip(self) -> float:
         """Half the shortest round trip: how long after sending a request is answered, and
@@ -782,7 +871,9 @@ _LOOKS = 16
 #: one in twenty: 0.02 / (ln 1.5 + 0.02)).
 _LENGTHEN = 1.5
 _SHORTEN = 0.02
-#: How many tasks before a task in the pass are looked at to find one seen in the next pass.
+#: How many tasks after one seen refreshed are looked at for checks to move.
 _NEIGHBOURS = 4
+#: How many tasks before a task are looked at for one that tells of its pass.
+_REACH = 64
 #: While the loop is unknown, each search probe waits this share of the search so far.
 _WIDEN = 0.3
