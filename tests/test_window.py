@@ -480,8 +480,9 @@ def test_a_long_task_loop_is_filled_within_two_refreshes() -> None:
 def test_tasks_known_running_count_although_not_seen_to_overlap() -> None:
     """Three rounds of 8, 16 and 16, each seen running once, right after its first refresh:
     their known intervals do not overlap (1-15, 16-30, 31-45 s), but all 40 run. One seen
-    waiting caps the growth at one and a half times the 40, not the 16 the reconstruction
-    shows."""
+    waiting caps the growth at the 40 plus the headroom, not the 16 the reconstruction
+    shows, nor one and a half times the 40 (tasks waiting upstream cost checks and say
+    nothing)."""
     window = WindowEstimator(period=lambda: TICK, initial=8)
     rounds = [(range(8), 0.0, 1.0, 15.0), (range(8, 24), 15.5, 16.0, 30.0)]
     rounds.append((range(24, 40), 30.5, 31.0, 45.0))
@@ -493,4 +494,4 @@ def test_tasks_known_running_count_although_not_seen_to_overlap() -> None:
     window.submitted(40, at=45.5)
     window.seen(40, at=60.0, started=None)
     assert window.concurrency == 16
-    assert window.limit >= 60
+    assert window.limit == 40 + window.headroom

@@ -19,10 +19,11 @@ ended before their first check), and kept a little ahead of it:
   add the same number every round (8, 16, 24, 32: three refreshes to fill 30 slots, the last
   slots started periods late, a wall time a batch submitted at once never pays); two more
   triples the first round and grows each later one by more than half (8, 24, 56). Once any
-  of ours is seen waiting, it never grows beyond one and a half times the most known to run
-  (the concurrency, or the tasks seen running and not yet ended where the reconstruction,
-  which counts a task only up to its latest answer, lags) plus the headroom, and never
-  beyond three times the tasks known to run. Upstream is taken to be full once the
+  of ours is seen waiting, it never grows beyond the most known to run (the concurrency, or
+  the tasks seen running and not yet ended where the reconstruction, which counts a task only
+  up to its latest answer, lags) plus the headroom: it grows on as more are seen to run, and
+  the tasks waiting upstream stay what a full upstream needs. It never grows beyond three
+  times the tasks known to run. Upstream is taken to be full once the
   concurrency has not risen for a while although tasks of ours were waiting (for a period
   plus twice the usual wait between a submit and its start), or at once when a submit
   is refused because upstream is saturated (:meth:`WindowEstimator.saturated`). Meanwhile
@@ -332,9 +333,9 @@ class WindowEstimator:
             running = max(self._running, concurrency)
             grown = min(self._base + 2 * self._started, 3 * running)
             if self._queued:
-                # Some of ours wait: upstream may be nearly full. Grow past what runs at once
-                # by half, not threefold.
-                grown = min(grown, math.ceil(1.5 * running) + headroom)
+                # Some of ours wait: upstream may be full. Grow only with what runs at once,
+                # plus the headroom a full upstream needs.
+                grown = min(grown, running + headroom)
         else:
             grown = concurrency + headroom
         limit = max(self._initial, grown)
