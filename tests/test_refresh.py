@@ -492,3 +492,23 @@ def test_tasks_at_different_places_in_a_shrinking_pass() -> None:
     assert run.lag(0.5) <= 15.0 / 10
     assert run.lag(0.9) <= 15.0 / 3
     assert run.wasted <= 0.5
+
+
+def test_two_periods_of_a_moving_period_are_not_taken_for_one() -> None:
+    """Replayed from the yardstick's sequential gateway (seed 7): one-period gaps of 4.2-5.3 s
+    (the pass grows and shrinks), then a task stale 5.22 s after a refresh, just before its
+    next one, and seen refreshed again 8.9-9.9 s after the first: two periods (5.2 and 4.6
+    s). "Stale past half the gap" took it for one, proved the period longer than 8.9 s and
+    held the estimate at 8-9 s for 20 s: every task checked at every other refresh, a lag
+    p95 of 5 s."""
+    period = PeriodEstimate(None)
+    period.observe_stale(4.19)
+    for low, high, value, lower in [
+        (4.19, 4.54, 5.0, 4.19),
+        (5.34, 5.56, 5.0, 5.34),
+        (4.29, 5.2, 5.0, 0.0),
+        (3.92, 4.65, 4.0, 0.0),
+    ]:
+        assert period.observe_gap(low=low, high=high, value=value, lower=lower) == 1
+    assert period.observe_gap(low=8.87, high=9.92, value=9.0, lower=5.22) == 2
+    assert period.period < 5.6

@@ -247,12 +247,19 @@ class PeriodEstimate:
         Returns:
             The number of periods ``m`` the gap is taken to span.
         """
+        smallest = self.upper
         self._events += 1
         self._gaps += 1
         high = max(high, low)
         value = min(high, max(low, value))
         self._uppers.append((self._events, high))
-        if single_period(high=high, lower=max(lower, 0.9 * self.lower)):
+        proven = single_period(high=high, lower=max(lower, 0.9 * self.lower))
+        if proven and low > _JUMP * smallest:
+            # Far above the smallest recent gap: two periods of a loop whose period moved
+            # between them (a pass that shrank), however late the stale answer came. Taken as
+            # one, it would prove the period longer than both and lock the estimate there.
+            proven = False
+        if proven:
             self._proven = self._events
             self._sample(value, high - low)
             if low > 0:
@@ -862,6 +869,10 @@ def _keep(
 _CERTIFIED_FOR = 10
 #: How far each one-period gap moves the estimate.
 _GAIN = 0.25
+#: A gap this many times the smallest recent one is never proven a single period: a period
+#: that moves from pass to pass (by a fifth on the yardstick's sequential gateway) makes a
+#: stale answer past half of two periods no proof.
+_JUMP = 1.5
 #: The least spread of a period, as a share of it.
 _SPREAD_FLOOR = 0.003
 #: How many times at most a check waiting on a check under way looks again within the budget.
