@@ -409,7 +409,7 @@ class RefreshEstimator:
         loop = self.loop
         bias = 0.0
         new = state is not None and state.stamp is None and loop.known
-        ahead = self._ahead(state) if new and state is not None else None
+        ahead = self._ahead(state) if state is not None and new else None
         if state is not None and state.stamp is not None:
             lo, hi, slack, first, bias = state.lo, state.hi, 0.0, 1, state.bias
         elif ahead is not None and state is not None:
@@ -516,8 +516,8 @@ class RefreshEstimator:
             if ahead is None or forecast is None:
                 return -_INF
             before, steps, began = ahead
-            i = bisect.bisect_left(self._ordered, state.order, key=_order_of)
             if steps > 1:
+                i = bisect.bisect_left(self._ordered, state.order, key=_order_of)
                 before, seen = self._ordered[i - 1], False
             else:
                 seen = began > state.origin
@@ -629,8 +629,8 @@ class RefreshEstimator:
         """When the pass of the latest refresh of ``state`` (the ``j``-th tracked task) began,
         as well as can be told: a pass step before it for each tracked task before it, and no
         later than the oldest tracked task's refresh in that pass (each taken in the middle of
-        what is known of it). A task created after then is not in
-        that pass: a pass refreshes the tasks unfinished when it begins."""
+        what is known of it). A task created after then is not in that pass: a pass refreshes
+        the tasks unfinished when it begins."""
         at = _middle(state.lo, state.hi)
         began = at - j * self._spacing
         head = self._ordered[0]
