@@ -168,14 +168,20 @@ def test_a_deferral_never_exceeds_the_lag_budget() -> None:
 # -- tasks not refreshed yet: placed by the task before them in their first pass ------------
 
 
-def _two_passes_then(*, b_in_second: bool) -> RefreshEstimator:
-    """Tasks "a" and "b" (submitted at 0) refreshed at 10.3 / 10.35 and seen then; in the next pass
-    "a" is refreshed at 14.3 and seen at 14.5, "b" (at 14.35) seen only if ``b_in_second``."""
+def _one_pass() -> RefreshEstimator:
+    """Tasks "a" and "b" (submitted at 0) refreshed at 10.3 / 10.35 and seen then."""
     est = RefreshEstimator(hint=4.0)
     for task in ("a", "b"):
         est.observe_submit(task, sent=0.0, received=RTT, created=0)
     est.observe("a", sent=10.5, received=10.5 + RTT, stamp=10)
     est.observe("b", sent=10.55, received=10.55 + RTT, stamp=10)
+    return est
+
+
+def _two_passes_then(*, b_in_second: bool) -> RefreshEstimator:
+    """As :func:`_one_pass`; in the next pass "a" is refreshed at 14.3 and seen at 14.5, "b"
+    (at 14.35) seen only if ``b_in_second``."""
+    est = _one_pass()
     est.observe("a", sent=14.5, received=14.5 + RTT, stamp=14)
     if b_in_second:
         est.observe("b", sent=14.55, received=14.55 + RTT, stamp=14)
@@ -187,11 +193,7 @@ def test_a_task_created_while_a_pass_runs_is_first_refreshed_in_the_next_one() -
     # reached "b" (at 14.35): a pass refreshes the tasks unfinished when it began, so "c"
     # comes right after "b" in the pass of about 18.35 (before this rule: in the pass that
     # was running, right after "b"'s refresh there).
-    est = RefreshEstimator(hint=4.0)
-    for task in ("a", "b"):
-        est.observe_submit(task, sent=0.0, received=RTT, created=0)
-    est.observe("a", sent=10.5, received=10.5 + RTT, stamp=10)
-    est.observe("b", sent=10.55, received=10.55 + RTT, stamp=10)
+    est = _one_pass()
     est.observe_submit("c", sent=14.32, received=14.32 + RTT, created=14)
     forecast = est.forecast("c", 14.33)
     assert forecast is not None
@@ -211,11 +213,7 @@ def test_a_task_created_while_a_pass_runs_is_first_refreshed_in_the_next_one() -
 
 def test_a_task_created_before_a_pass_began_is_forecast_in_it_after_the_one_before() -> None:
     # "c" created at 13.0, before the pass of 14.3: it comes right after "b" in that pass.
-    est = RefreshEstimator(hint=4.0)
-    for task in ("a", "b"):
-        est.observe_submit(task, sent=0.0, received=RTT, created=0)
-    est.observe("a", sent=10.5, received=10.5 + RTT, stamp=10)
-    est.observe("b", sent=10.55, received=10.55 + RTT, stamp=10)
+    est = _one_pass()
     est.observe_submit("c", sent=13.0, received=13.0 + RTT, created=13)
     forecast = est.forecast("c", 13.0 + RTT)
     assert forecast is not None
