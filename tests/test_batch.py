@@ -14,15 +14,18 @@ from wan_async import (
     BatchAborted,
     DeadlineExceeded,
     Outcome,
+    PollPolicy,
     RetryPolicy,
     StorageError,
     TaskFailed,
+    TaskSnapshot,
+    TaskStatus,
     VideoRequest,
     WanClient,
 )
 from wan_async.testing import FakeGateway, Fault, ScaledClock, sample_video
 
-from .conftest import fixed_processing, make_client
+from .conftest import SCALE, fixed_processing, make_client
 
 pytestmark = pytest.mark.anyio
 
@@ -269,3 +272,29 @@ async def test_failed_download_keeps_the_result(gateway: FakeGateway, tmp_path: 
     assert isinstance(outcome.error, StorageError)
     assert outcome.error.status == 500
     assert not outcome.ok
+
+
+async def test_the_window_does_not_grow_on_part_of_a_round() -> None:
+    """Slow start, 4 slots upstream (FIFO), 8 tasks in flight, answers one at a time: at the
+    first refresh the four that started answer first. Each start used to grow the window by
+    two (8 -> 12) before the four waiting behind them were seen, and the batch let in four
+    tasks that could only queue. The window now holds until the round has answered."""
+    clock = ScaledClock(SCALE)
+    policy = PollPolicy(refresh_period=3.0, max_concurrent_polls=1)
+    async with (
+        FakeGateway(clock=clock, tick=3.0, slots=4, processing_time=fixed_processing(60)) as gw,
+        make_client(gw, poll_policy=policy) as client,
+    ):
+        peak, ended = 0, False
+
+        def watch(handle: object, snap: TaskSnapshot) -> None:
+            nonlocal peak, ended
+            ended = ended or snap.status is TaskStatus.SUCCESS
+            if not ended:  # later, tasks past their usual end stop counting (checks queue)
+                peak = max(peak, client.stats.poller.outstanding)
+
+        client.add_status_listener(watch)
+        outcomes = await client.generate_many(items(16), return_outcomes=True)
+    assert all(o.ok for o in outcomes)
+    assert gw.peak_running == 4
+    assert peak == 8  # was 12

@@ -137,6 +137,10 @@ class Poller:
         self._watches: dict[str, Watch] = {}
         #: Tasks attached by id and not answered about yet (resumed ones, mostly finished).
         self._unanswered: set[str] = set()
+        #: Tasks submitted and never seen refreshed whose check is due or under way: while
+        #: the window grows fast, it holds until they answer (see window()).
+        self._first_due: set[str] = set()
+        self._held = self._window.limit
         #: Due tasks seen running, by when they are expected to end (gateway time, as of when
         #: they became due), and those of them past it: their slot upstream is likely free.
         self._ends_due: list[tuple[float, int, Watch]] = []
@@ -238,8 +242,16 @@ class Poller:
         Learned from how many of this client's tasks upstream was seen running at once (see
         :class:`~wan_async._window.WindowEstimator`): a task that only waits upstream costs
         status checks, one too few leaves a slot idle.
+
+        While the window grows fast, it does not grow on part of a round: once the first
+        refresh of new tasks is due, it holds where it was until they have answered. A FIFO
+        upstream shows the tasks that started first, and each start would grow the window
+        before the ones that wait behind them are seen.
         """
-        return self._window.limit
+        limit = self._window.limit
+        if self._first_due and self._window.eager:
+            return min(limit, self._held)
+        return limit
 
     def typical_duration(self, key: DurationKey | None) -> float | None:
         """The learned median duration of a kind of task (seconds of upstream work); for
@@ -289,7 +301,7 @@ class Poller:
 
     def _window_moved(self) -> None:
         """Tell the batches when the window grew: a batch may send more now."""
-        limit = self._window.limit
+        limit = self.window()
         if limit > self._window_limit:
             self._window_limit = limit
             self._notify()
@@ -319,6 +331,7 @@ class Poller:
         self._parked.clear()
         self._ends_due.clear()
         self._likely_ended.clear()
+        self._first_due.clear()
         for watch in watches.values():
             watch.active = False
             watch.handle._resolve(None, error or ClientClosedError(_CLOSED))
@@ -386,6 +399,12 @@ class Poller:
         while heap and heap[0][0] <= now:
             due, seq, watch = heapq.heappop(heap)
             if watch.active and due == watch.next_at:
+                task_id = watch.handle.task_id
+                if watch.refreshed_at is None and task_id not in self._unanswered:
+                    # Its first refresh is believed past, its check maybe held back below.
+                    if not self._first_due:
+                        self._held = self._window.limit
+                    self._first_due.add(task_id)
                 later = self._refresh.not_before(
                     watch.handle.task_id, now=now, next_check=self._next_check
                 )
@@ -424,6 +443,15 @@ class Poller:
                 self._dequeued(watch)
                 return watch
         return None
+
+    def _answered(self, watch: Watch) -> None:
+        """``watch``'s check is over (answered, failed, or the task ended): a window held for
+        its answer may grow."""
+        first_due = self._first_due
+        if first_due:
+            first_due.discard(watch.handle.task_id)
+            if not first_due:
+                self._window_moved()
 
     def _dequeued(self, watch: Watch) -> None:
         """``watch`` no longer waits among the due tasks (checked now, or ended)."""
@@ -489,6 +517,7 @@ class Poller:
             logger.exception("checking %s failed unexpectedly", watch.handle.task_id)
             self._finish(watch, None, exc)
         finally:
+            self._answered(watch)
             self._slots.release()
 
     async def _check(self, watch: Watch) -> None:
@@ -715,6 +744,7 @@ class Poller:
         self._parked.pop(task_id, None)
         self._unanswered.discard(task_id)
         self._dequeued(watch)
+        self._answered(watch)
         if error is None or isinstance(error, TaskFailed):
             # Ended upstream for good: attach() answers from memory. Any other error is this
             # client's trouble, and a later attach() should ask again.
