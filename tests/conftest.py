@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import socket
+import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +102,103 @@ async def client(gateway: FakeGateway) -> AsyncIterator[WanClient]:
     """A running client (poller started) for the ``gateway`` fixture."""
     async with make_client(gateway) as c:
         yield c
+
+
+# -- a real redis-server -------------------------------------------------------------------
+
+REDIS_SERVER = shutil.which("redis-server")
+
+
+@dataclass
+class RedisServer:
+    """A ``redis-server`` of the tests' own, on a unix socket in a temporary folder (and a
+    free loopback port), configured as the batch journal requires (AOF, fsync always)."""
+
+    process: subprocess.Popen[bytes]
+    socket: Path
+    port: int
+
+    @property
+    def url(self) -> str:
+        return f"unix://{self.socket}"
+
+    @property
+    def tcp_url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_redis(folder: Path) -> RedisServer:
+    """Start a ``redis-server`` in ``folder``; skipped where the binary is missing, except
+    under ``CI=true`` (where ``.ci/run`` installs it), where that fails the test."""
+    if REDIS_SERVER is None:
+        message = "redis-server is not installed (apt-get install -y redis-server)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    path = folder / "redis.sock"
+    process = subprocess.Popen(
+        [
+            REDIS_SERVER,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--unixsocket",
+            str(path),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(folder),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    server = RedisServer(process=process, socket=path, port=port)
+    deadline = time.monotonic() + 20
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"redis-server exited at start with {process.returncode}")
+        try:
+            with socket.socket(socket.AF_UNIX) as probe:
+                probe.connect(str(path))
+                probe.sendall(b"PING\r\n")
+                if probe.recv(16).startswith(b"+PONG"):
+                    return server
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            server.stop()
+            pytest.fail("redis-server did not answer within 20 s")
+        time.sleep(0.02)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One ``redis-server`` for the session (each test works in a namespace of its own:
+    namespaces follow the gateway's URL, which has a port of its own per test)."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -19,7 +19,7 @@ import wan_async
 from wan_async import PollPolicy, VideoRequest
 from wan_async.testing import FakeGateway, ScaledClock
 
-from .conftest import SCALE, fixed_processing
+from .conftest import SCALE, RedisServer, fixed_processing
 
 pytestmark = pytest.mark.anyio
 
@@ -167,6 +167,23 @@ def reliability_bullets() -> list[str]:
         elif line.startswith("  ") and bullets:
             bullets[-1] += " " + line.strip()
     return bullets
+
+
+async def test_fleet_example_runs(
+    monkeypatch: pytest.MonkeyPatch, redis_server: RedisServer
+) -> None:
+    """The fleet example, verbatim: WAN_REDIS_URL makes both clients members; the second
+    follows the task from the store and asks the gateway nothing."""
+    code = python_block("### Many workers, many hosts")
+    printed: list[tuple[Any, ...]] = []
+    async with FakeGateway(tick=1.0, processing_time=fixed_processing(2.0)) as gw:
+        monkeypatch.setenv("WAN_API_KEY", gw.api_key)
+        monkeypatch.setenv("WAN_BASE_URL", gw.base_url)
+        monkeypatch.setenv("WAN_REDIS_URL", redis_server.url)
+        namespace = {"print": lambda *args: printed.append(args)}
+        await anyio.to_thread.run_sync(exec, compile(code, "README fleet", "exec"), namespace)
+        assert gw.stats.tasks_created == 1
+    assert printed == [(True, "SUCCESS", 0)]
 
 
 def test_every_reliability_promise_names_tests_that_exist() -> None:

@@ -27,6 +27,7 @@ from ._exceptions import (
     ServerError,
     StatusUnavailable,
     StorageError,
+    StoreUnavailable,
     SubmitOutcomeUnknown,
     TaskFailed,
     TaskNotFound,
@@ -41,9 +42,11 @@ from ._exceptions import (
 from ._handle import TaskHandle
 from ._models import TaskCreated, TaskSnapshot, TaskStatus, Usage, VideoRequest, VideoResult
 from ._progress import BatchProgress, ProgressCallback
+from ._redis import RedisStore
 from ._retry import RetryPolicy
 from ._rules import MODEL_RULES, ModelRules
 from ._schedule import PollPolicy
+from ._store import MemoryStore, StoredTask, TaskStore
 from ._stream import OutcomeStream
 from ._transport import trace_config
 from ._version import __version__
@@ -67,6 +70,7 @@ __all__ = [
     "EstimateLine",
     "IncompleteDownload",
     "JournalError",
+    "MemoryStore",
     "ModelNotFoundError",
     "ModelRules",
     "Outcome",
@@ -77,11 +81,14 @@ __all__ = [
     "ProgressCallback",
     "QuotaExceededError",
     "RateLimitedError",
+    "RedisStore",
     "RetryPolicy",
     "ScaledClock",
     "ServerError",
     "StatusUnavailable",
     "StorageError",
+    "StoreUnavailable",
+    "StoredTask",
     "SubmitOutcomeUnknown",
     "SystemClock",
     "TaskCreated",
@@ -90,6 +97,7 @@ __all__ = [
     "TaskNotFound",
     "TaskSnapshot",
     "TaskStatus",
+    "TaskStore",
     "Timeouts",
     "TransportError",
     "UnexpectedRedirect",

@@ -38,20 +38,24 @@ from ._download import download
 from ._exceptions import (
     APIError,
     ClientClosedError,
+    ConfigurationError,
     DecodeError,
     RateLimitedError,
     SubmitOutcomeUnknown,
     WanError,
 )
+from ._fleet import Fleet
 from ._handle import TaskHandle
 from ._journal import Journal
 from ._models import TaskCreated, TaskSnapshot, VideoRequest, VideoResult
 from ._poller import Poller, PollerStats, StatusListener
 from ._progress import ProgressCallback, check_progress_callback
 from ._ratelimit import RateBudget, RateStats
+from ._redis import RedisStore
 from ._retry import RetryPolicy, call_with_retries
 from ._schedule import PollPolicy, duration_key
 from ._serde import created_from_wire, request_to_wire, snapshot_from_wire
+from ._store import TaskStore, namespace_for, snapshot_order
 from ._stream import Controls, OutcomeStream
 from ._transport import Answer, Transport
 
@@ -63,6 +67,8 @@ SUBMIT_PATH = "/v1/video/generations"
 POLLER_TASK_NAME = "wan_async.poller"
 #: The name of each client's own task, which holds its poller and batches.
 CLIENT_TASK_NAME = "wan_async.client"
+#: The name of the task that serves the client's part in its fleet (with a task store).
+FLEET_TASK_NAME = "wan_async.fleet"
 
 _T = TypeVar("_T")
 #: What may not appear in a file name made from a task id.
@@ -122,6 +128,13 @@ class WanClient:
         poll_policy: how the shared poller spends its requests.
         retry: how failed requests are retried (a submit only when certainly not created).
         max_concurrent_downloads: video downloads in flight at once (apart from submits and polls).
+        store: the task store this client shares with the other clients of its fleet (several
+            worker processes or hosts on one key): :class:`RedisStore`, or a
+            :class:`MemoryStore` shared by the clients of one process. Default: the
+            :class:`RedisStore` ``$WAN_REDIS_URL`` names, else none (the client keeps its tasks
+            to itself). With a store, each task is polled by one client of the fleet, and
+            :meth:`attach` and :meth:`latest` answer for a task of another client from the
+            store, at no gateway request. The client closes the store when it closes.
 
     Raises:
         ConfigurationError: no API key, or an unusable base URL.
@@ -143,6 +156,7 @@ class WanClient:
         poll_policy: PollPolicy = PollPolicy(),  # noqa: B008 - frozen
         retry: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen
         max_concurrent_downloads: int = 4,
+        store: TaskStore | None = None,
     ) -> None:
         check_count("max_concurrent_submits", max_concurrent_submits)
         check_count("max_in_flight", max_in_flight)
@@ -151,9 +165,14 @@ class WanClient:
         self.base_url = resolve_base_url(base_url, allow_insecure_http=allow_insecure_http)
         self.clock: Clock = clock or SystemClock()
         self.max_in_flight = max_in_flight
+        key = resolve_api_key(api_key)
+        if store is not None and not isinstance(store, TaskStore):
+            msg = f"store must be a TaskStore (RedisStore, MemoryStore), got {store!r}"
+            raise ConfigurationError(msg)
+        store = store if store is not None else RedisStore.from_env()
         self._transport = Transport(
             base_url=self.base_url,
-            api_key=resolve_api_key(api_key),
+            api_key=key,
             timeouts=timeouts,
             session=session,
             trust_env=trust_env,
@@ -171,6 +190,17 @@ class WanClient:
         self._poller = Poller(
             fetch=self._get_once, budget=self._budget, clock=self.clock, policy=poll_policy
         )
+        #: This client's part in its fleet, if it shares a task store.
+        self._fleet: Fleet | None = None
+        if store is not None:
+            self._fleet = Fleet(
+                store,
+                namespace=namespace_for(self.base_url, key),
+                poller=self._poller,
+                clock=self.clock,
+            )
+            self._poller.on_change = self._fleet.record
+        del key
         self._task_group: TaskGroup | None = None
         #: What runs in the client's task group (the poller, batches), each in its own scope:
         #: closing cancels these, never the group's own scope, which the opener's body is in.
@@ -260,6 +290,9 @@ class WanClient:
                     await self._idle.wait()
                 if self._on_wire:
                     await self._wire_idle.wait()
+                if self._fleet is not None:
+                    # After the submits on the wire: the fleet learns of every task created.
+                    await self._fleet.aclose()
             finally:
                 await self._transport.aclose()
                 self._transport_closed.set()
@@ -283,6 +316,8 @@ class WanClient:
         try:
             async with anyio.create_task_group() as task_group:
                 await task_group.start(self._serve_poller, name=POLLER_TASK_NAME)
+                if self._fleet is not None:
+                    await task_group.start(self._serve_fleet, name=FLEET_TASK_NAME)
                 self._task_group = task_group
                 self._ready.set()
                 await self._release.wait()
@@ -319,6 +354,18 @@ class WanClient:
             except Exception as exc:
                 logger.exception("the poller failed; every pending task fails with its error")
                 self._poller.close(exc)
+
+    async def _serve_fleet(
+        self, *, task_status: AnyioTaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """The fleet's lease, writes and reads, in a scope of their own; a crash leaves the
+        client alone (its own tasks are polled as without a store)."""
+        assert self._fleet is not None
+        async with self._service():
+            try:
+                await self._fleet.run(task_status=task_status)
+            except Exception:
+                logger.exception("the task store's service failed; this client goes on alone")
 
     @contextlib.asynccontextmanager
     async def _service(self) -> AsyncIterator[anyio.CancelScope]:
@@ -367,6 +414,11 @@ class WanClient:
         key = duration_key(request.model, request.size, request.duration)
         created_at = created.created_at.timestamp() if created.created_at else None
         self._poller.track(handle, key=key, submitted=(sent_mono, created_at))
+        if self._fleet is not None:
+            # Shielded (bounded by the store's timeouts): once created, the fleet must know
+            # who polls the task; a cancellation is delivered just below.
+            with anyio.CancelScope(shield=True):
+                await self._fleet.claim_new(created.task_id)
         if hooks is None:  # a batch reports its items' task ids itself
             await _created_despite_cancel(created.task_id, tracked=True)
         return handle
@@ -390,7 +442,9 @@ class WanClient:
         """Track a task submitted earlier (elsewhere, or before a restart) by its id.
 
         Attaching to a task this client already tracks (or saw end recently) returns the
-        same handle, at no request.
+        same handle, at no request. With a task store, a task another live client of the
+        fleet owns is followed from the store (no status check here); one that no live client
+        owns is owned and polled by this one.
 
         Raises:
             ValueError: the id is not one path segment (empty, blank, ``.`` or ``..``).
@@ -398,11 +452,38 @@ class WanClient:
         self._running()
         _checked_task_id(task_id)
         existing = self._poller.get(task_id)
+        if existing is None and self._fleet is not None:
+            existing = self._fleet.following(task_id)
         if existing is not None:
             return existing
         handle = TaskHandle(task_id, request=None, clock=self.clock)
-        self._poller.track(handle, key=None)
+        if self._fleet is not None:
+            self._fleet.attach(handle)
+        else:
+            self._poller.track(handle, key=None)
         return handle
+
+    async def latest(self, task_id: str) -> TaskSnapshot | None:
+        """The newest snapshot of a task known without asking the gateway: this client's,
+        else (with a task store) the one its owner stored. None if neither knows the task.
+
+        For a web backend's status endpoint: it costs no gateway request, whichever worker
+        of the fleet submitted the task.
+
+        Raises:
+            ValueError: the id is not one path segment.
+        """
+        self._running()
+        _checked_task_id(task_id)
+        handle = self._poller.get(task_id)
+        if handle is None and self._fleet is not None:
+            handle = self._fleet.following(task_id)
+        local = handle.snapshot if handle is not None else None
+        if self._fleet is None or (local is not None and local.is_terminal):
+            return local
+        stored = await self._fleet.latest(task_id)
+        known = [s for s in (local, stored) if s is not None]
+        return max(known, key=snapshot_order) if known else None
 
     def add_status_listener(self, listener: StatusListener) -> None:
         """Call ``listener(handle, snapshot)`` on every status change the poller sees.

@@ -115,7 +115,8 @@ class Secret:
         self._value = value
 
     def reveal(self) -> str:
-        """Return the key itself: only for building the Authorization header."""
+        """Return the key itself: only for building the Authorization header (and hashing
+        it into a task store's namespace)."""
         return self._value
 
     def __repr__(self) -> str:

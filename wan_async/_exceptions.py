@@ -10,6 +10,7 @@ Every error the library raises derives from :class:`WanError`::
     ├── DeadlineExceeded (also TimeoutError)   a wait or a batch ran out of time
     ├── BatchAborted                           a batch item was not run to its end
     ├── JournalError                           a batch journal cannot be used
+    ├── StoreUnavailable                       the fleet's task store cannot be reached
     ├── SubmitOutcomeUnknown                   a submit was sent, its answer was lost
     ├── StatusUnavailable                      a task's status checks kept failing
     ├── DownloadError                          a video could not be saved from the storage host
@@ -158,6 +159,18 @@ class BatchAborted(WanError):
 
 class JournalError(WanError):
     """A batch journal cannot be read or written, is damaged, or another run holds it."""
+
+
+class StoreUnavailable(WanError):
+    """The task store a fleet of clients shares (Redis) cannot be reached or failed.
+
+    The client itself never raises it to a caller: it goes on alone (polling its own and
+    followed tasks) and says so in a log line. A :class:`~wan_async.TaskStore` raises it.
+    """
+
+    @property
+    def retryable(self) -> bool:
+        return True
 
 
 class SubmitOutcomeUnknown(WanError):

@@ -135,6 +135,8 @@ class Poller:
         #: Tasks whose plan waits for the refresh loop to be found.
         self._parked: dict[str, Watch] = {}
         self._watches: dict[str, Watch] = {}
+        #: Called first on every status change seen (the fleet stores it).
+        self.on_change: StatusListener | None = None
         #: Tasks attached by id and not answered about yet (resumed ones, mostly finished).
         self._unanswered: set[str] = set()
         #: Tasks submitted and never seen refreshed whose check is due or under way: while
@@ -658,22 +660,9 @@ class Poller:
             watch.started_at = _earliest_start(snapshot, refresh.period)
         if previous is None or previous.raw_status != snapshot.raw_status:
             logger.debug("task %s is %s", task_id, snapshot.raw_status)
-            for listener in list(self._listeners):
-                try:
-                    returned: object = listener(handle, snapshot)
-                    if inspect.isawaitable(returned):
-                        # A coroutine nothing awaits: close it, and say so once per listener.
-                        if inspect.iscoroutine(returned):
-                            returned.close()
-                        self.remove_listener(listener)
-                        logger.error(
-                            "status listener %r returned an awaitable, which is never awaited;"
-                            " it is removed (listeners must be plain functions)",
-                            listener,
-                        )
-                except Exception:
-                    # A listener's bug must not stop the poller every other task depends on.
-                    logger.exception("status listener %r failed; the poller goes on", listener)
+            if self.on_change is not None:
+                self.on_change(handle, snapshot)
+            self.tell(handle, snapshot)
         if snapshot.is_terminal:
             self._learn(watch, snapshot)
             try:
@@ -689,6 +678,26 @@ class Poller:
         self._window_moved()
         self._unpark()
         self._reschedule(watch, self._plan(watch, snapshot.status, received))
+
+    def tell(self, handle: TaskHandle, snapshot: TaskSnapshot) -> None:
+        """Call the status listeners: ``handle``'s status changed to ``snapshot``'s (seen
+        here, or read from the task store)."""
+        for listener in list(self._listeners):
+            try:
+                returned: object = listener(handle, snapshot)
+                if inspect.isawaitable(returned):
+                    # A coroutine nothing awaits: close it, and say so once per listener.
+                    if inspect.iscoroutine(returned):
+                        returned.close()
+                    self.remove_listener(listener)
+                    logger.error(
+                        "status listener %r returned an awaitable, which is never awaited;"
+                        " it is removed (listeners must be plain functions)",
+                        listener,
+                    )
+            except Exception:
+                # A listener's bug must not stop the poller every other task depends on.
+                logger.exception("status listener %r failed; the poller goes on", listener)
 
     def _pull_followers(self, task_id: str, now: float) -> None:
         """``task_id`` was just seen refreshed in a new pass: the check of the next task after

@@ -7,6 +7,7 @@ extra keys, then flattened into a public :class:`~wan_async.TaskSnapshot`.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Mapping
@@ -24,7 +25,9 @@ __all__ = [
     "created_from_wire",
     "parse_error_body",
     "request_to_wire",
+    "snapshot_from_store",
     "snapshot_from_wire",
+    "snapshot_to_store",
 ]
 
 #: "30%" (or a number) -> 0.3.
@@ -401,3 +404,75 @@ def parse_error_body(body: object) -> ErrorBody:
 def _request_id_in(message: str | None) -> str | None:
     match = _REQUEST_ID.search(message or "")
     return match.group(1) if match else None
+
+
+# -- the task store's form of a snapshot ----------------------------------------------------
+
+#: Fields of a snapshot that are stamps: stored as ISO 8601 text (exact to the microsecond).
+_STAMPS = (
+    "submit_time",
+    "start_time",
+    "finish_time",
+    "updated_at",
+    "upstream_start",
+    "upstream_end",
+)
+
+
+#: Fields of a snapshot that are text.
+_TEXTS = (
+    "video_url",
+    "orig_prompt",
+    "actual_prompt",
+    "fail_code",
+    "fail_message",
+    "upstream_status",
+    "upstream_request_id",
+)
+
+
+def snapshot_to_store(snapshot: TaskSnapshot) -> str:
+    """``snapshot`` as the JSON a task store keeps (:func:`snapshot_from_store` reads it)."""
+    fields: dict[str, Any] = {a.name: getattr(snapshot, a.name) for a in attrs.fields(TaskSnapshot)}
+    fields["status"] = snapshot.raw_status
+    for name in _STAMPS:
+        stamp = fields[name]
+        fields[name] = None if stamp is None else stamp.isoformat()
+    fields["usage"] = None if snapshot.usage is None else attrs.asdict(snapshot.usage)
+    return json.dumps(fields, separators=(",", ":"), allow_nan=False)
+
+
+def _iso(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def snapshot_from_store(text: str) -> TaskSnapshot:
+    """A snapshot from the JSON a task store keeps.
+
+    Raises:
+        ValueError: the text is not such JSON.
+    """
+    fields = json.loads(text)
+    if not isinstance(fields, dict) or not isinstance(fields.get("task_id"), str):
+        msg = "a stored snapshot is a JSON object with a task_id"
+        raise ValueError(msg)
+    raw_status = _text(fields.get("raw_status", fields.get("status"))) or ""
+    usage = fields.get("usage")
+    progress = fields.get("progress")
+    known: dict[str, Any] = {name: _iso(fields.get(name)) for name in _STAMPS}
+    for name in _TEXTS:
+        known[name] = _text(fields.get(name))
+    return TaskSnapshot(
+        task_id=fields["task_id"],
+        status=_status(raw_status),
+        raw_status=raw_status,
+        progress=float(progress) if isinstance(progress, (int, float)) else 0.0,
+        usage=converter.structure(usage, Usage) if isinstance(usage, dict) else None,
+        **known,
+    )

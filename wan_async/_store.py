@@ -1,0 +1,312 @@
+"""Where a fleet of clients keeps its tasks: who polls each, and what it last showed.
+
+A :class:`TaskStore` is a small protocol that several :class:`~wan_async.WanClient`\\ s, in one
+process or many, share (:class:`~wan_async.RedisStore` across processes and hosts,
+:class:`MemoryStore` within one process). Everything in it lives under a *namespace* derived
+from a hash of the gateway's URL and the API key: the key itself is never stored.
+
+What it holds, per task: its *owner* (the one client that polls it), the latest snapshot the
+owner saw (as the JSON of :func:`~wan_async._serde.snapshot_to_store`), that snapshot's
+*order* (a later refresh of the gateway, or a later status at the same refresh, is larger),
+and whether the task has ended. Per owner: when its lease ends, in the store's own time (never
+a host's clock). The rules, which every implementation keeps atomically:
+
+* a claim of a task succeeds unless another owner holds it and its lease runs; the task's
+  record is created by the first claim and expires ``task_ttl`` after it (the gateway forgets
+  tasks after 24 hours);
+* a snapshot is accepted only if its order is larger than the stored one's, and never once
+  the task has ended: a stale owner never rolls one back;
+* an owner whose lease ran out is *dead*: :meth:`TaskStore.adopt` gives its unfinished tasks
+  to the caller, in one step, so that each has one owner again;
+* every accepted snapshot is announced to the subscribers (a hint: the stored snapshot is the
+  truth, and a subscriber that lost its connection re-reads what it follows).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Protocol, runtime_checkable
+
+import anyio
+import attrs
+from anyio.streams.memory import MemoryObjectSendStream
+
+from ._config import Secret
+from ._models import TaskSnapshot, TaskStatus
+
+__all__ = [
+    "LEASE",
+    "TASK_TTL",
+    "Claim",
+    "MemoryStore",
+    "StoredTask",
+    "TaskStore",
+    "check_lease",
+    "namespace_for",
+    "snapshot_order",
+]
+
+#: Seconds a task's record lives after its first claim: the gateway forgets tasks after 24 h.
+TASK_TTL = 24 * 3600.0
+#: Seconds a client owns its tasks without renewing, by default (a setting of each store).
+LEASE = 10.0
+
+
+def check_lease(lease: object) -> float:
+    """``lease`` as seconds, a positive finite number.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if isinstance(lease, bool) or not isinstance(lease, (int, float)) or not 0 < lease < math.inf:
+        msg = f"lease must be a positive number of seconds, got {lease!r}"
+        raise ValueError(msg)
+    return float(lease)
+
+
+#: Rank of a status within one refresh: a later status at the same ``updated_at`` is newer.
+_RANK = {
+    TaskStatus.NOT_START: 0,
+    TaskStatus.QUEUED: 1,
+    TaskStatus.UNKNOWN: 2,
+    TaskStatus.IN_PROGRESS: 3,
+    TaskStatus.SUCCESS: 7,
+    TaskStatus.FAILURE: 7,
+}
+
+
+def namespace_for(base_url: str, api_key: str | Secret) -> str:
+    """The namespace of one gateway and key: a hash, from which neither can be read back."""
+    key = api_key.reveal() if isinstance(api_key, Secret) else api_key
+    digest = hashlib.sha256(f"wan_async\0{base_url}\0{key}".encode()).hexdigest()
+    return f"wan:{digest[:32]}"
+
+
+def snapshot_order(snapshot: TaskSnapshot) -> float:
+    """How new ``snapshot`` is: later refreshes (``updated_at``, milliseconds) are larger, and
+    at one refresh a later status is. Exact in a float (below 2**53)."""
+    stamp = snapshot.updated_at.timestamp() if snapshot.updated_at is not None else 0.0
+    milliseconds = max(0, math.floor(stamp * 1000))
+    return float(milliseconds * 8 + _RANK.get(snapshot.status, 2))
+
+
+@attrs.frozen(kw_only=True)
+class StoredTask:
+    """A task as the store holds it.
+
+    Attributes:
+        task_id: the task.
+        owner: the client that polls it ('' once it has ended, or if no one holds it).
+        alive: whether that owner's lease runs.
+        snapshot: the JSON of its latest snapshot, if any was stored.
+        ended: whether that snapshot is SUCCESS or FAILURE.
+    """
+
+    task_id: str
+    owner: str = ""
+    alive: bool = False
+    snapshot: str | None = None
+    ended: bool = False
+
+
+@attrs.frozen(kw_only=True)
+class Claim:
+    """What a claim found: ``mine`` if the caller owns the task now; otherwise ``task`` says
+    who does (or that it has ended)."""
+
+    mine: bool
+    task: StoredTask
+
+
+@runtime_checkable
+class TaskStore(Protocol):
+    """What a fleet of clients shares. Every method may raise :class:`OSError` (or a
+    subclass) when the store cannot be reached; the client then goes on alone and says so
+    in a log line.
+
+    Owners, leases and ``now`` are the store's: an owner's lease is renewed by
+    :meth:`beat`, in seconds of the store's own clock.
+    """
+
+    #: Seconds a client owns its tasks without renewing (it renews every quarter of it).
+    lease: float
+
+    async def open(self, namespace: str) -> None:
+        """Connect (if needed) and use ``namespace`` for everything from now on."""
+
+    async def aclose(self) -> None:
+        """Disconnect (a no-op for an in-process store)."""
+
+    async def beat(self, owner: str, lease: float, *, first: bool) -> bool:
+        """Renew ``owner``'s lease for ``lease`` seconds. Returns False if it was taken for
+        dead meanwhile (its tasks adopted by others); it is then registered afresh. ``first``:
+        the owner's first beat (nothing was adopted from it yet)."""
+
+    async def resign(self, owner: str) -> None:
+        """End ``owner``'s lease now: its unfinished tasks are free for others to adopt."""
+
+    async def claim(self, task_id: str, owner: str, *, new: bool) -> Claim:
+        """Own ``task_id`` unless a live owner holds it or it has ended. ``new``: just
+        submitted by ``owner`` (no one else can know it yet)."""
+
+    async def adopt(self, owner: str) -> list[str]:
+        """Give ``owner`` the unfinished tasks of one dead owner, if there is one."""
+
+    async def put(self, task_id: str, *, order: float, snapshot: str, ended: bool) -> bool:
+        """Store a snapshot if it is newer than the stored one (and the task has not ended);
+        announce it if so. Returns whether it was stored."""
+
+    async def get(self, task_ids: Sequence[str]) -> list[StoredTask | None]:
+        """The stored records of ``task_ids`` (None: unknown or expired)."""
+
+    def announcements(self) -> AbstractAsyncContextManager[AsyncIterator[str]]:
+        """Subscribe: the ids of tasks whose snapshot was stored, from now on. The iterator
+        raises :class:`OSError` when the subscription is lost."""
+
+
+@attrs.define
+class _MemoryTask:
+    owner: str = ""
+    snapshot: str | None = None
+    order: float = -math.inf
+    ended: bool = False
+    expires: float = math.inf
+
+
+class MemoryStore:
+    """A :class:`TaskStore` for the clients of one process (no dependency, nothing shared
+    beyond it). Its time is the process's monotonic clock. ``lease`` and ``task_ttl`` as for
+    :class:`~wan_async.RedisStore`."""
+
+    def __init__(self, *, lease: float = LEASE, task_ttl: float = TASK_TTL) -> None:
+        self.lease = check_lease(lease)
+        self._task_ttl = task_ttl
+        self._spaces: dict[str, _Space] = {}
+        self._space: _Space | None = None
+
+    def _current(self) -> _Space:
+        if self._space is None:
+            msg = "the store is not open"
+            raise RuntimeError(msg)
+        return self._space
+
+    async def open(self, namespace: str) -> None:
+        self._space = self._spaces.setdefault(namespace, _Space())
+
+    async def aclose(self) -> None:
+        return None
+
+    async def beat(self, owner: str, lease: float, *, first: bool) -> bool:
+        space = self._current()
+        known = owner in space.leases
+        space.leases[owner] = time.monotonic() + lease
+        return first or known
+
+    async def resign(self, owner: str) -> None:
+        space = self._current()
+        if owner in space.leases:
+            space.leases[owner] = -math.inf
+
+    async def claim(self, task_id: str, owner: str, *, new: bool) -> Claim:
+        space = self._current()
+        now = time.monotonic()
+        task = space.task(task_id, now)
+        if task is None:
+            task = space.tasks[task_id] = _MemoryTask(expires=now + self._task_ttl)
+        if task.ended or (task.owner and task.owner != owner and space.alive(task.owner, now)):
+            return Claim(mine=False, task=space.stored(task_id, task, now))
+        if task.owner and task.owner != owner:
+            space.owned.get(task.owner, set()).discard(task_id)
+        task.owner = owner
+        space.owned.setdefault(owner, set()).add(task_id)
+        return Claim(mine=True, task=space.stored(task_id, task, now))
+
+    async def adopt(self, owner: str) -> list[str]:
+        space = self._current()
+        now = time.monotonic()
+        for dead, until in list(space.leases.items()):
+            if dead == owner or until > now:
+                continue
+            del space.leases[dead]
+            taken = []
+            for task_id in sorted(space.owned.pop(dead, set())):
+                task = space.task(task_id, now)
+                if task is not None and task.owner == dead and not task.ended:
+                    task.owner = owner
+                    space.owned.setdefault(owner, set()).add(task_id)
+                    taken.append(task_id)
+            return taken
+        return []
+
+    async def put(self, task_id: str, *, order: float, snapshot: str, ended: bool) -> bool:
+        space = self._current()
+        now = time.monotonic()
+        task = space.task(task_id, now)
+        if task is None:
+            task = space.tasks[task_id] = _MemoryTask(expires=now + self._task_ttl)
+        if task.ended or order <= task.order:
+            return False
+        task.snapshot, task.order, task.ended = snapshot, order, ended
+        if ended and task.owner:
+            space.owned.get(task.owner, set()).discard(task_id)
+        for subscriber in list(space.subscribers):
+            try:
+                subscriber.send_nowait(task_id)
+            except anyio.WouldBlock:
+                pass  # a hint only: a slow subscriber re-reads what it follows
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                space.subscribers.discard(subscriber)
+        return True
+
+    async def get(self, task_ids: Sequence[str]) -> list[StoredTask | None]:
+        space = self._current()
+        now = time.monotonic()
+        found: list[StoredTask | None] = []
+        for task_id in task_ids:
+            task = space.task(task_id, now)
+            found.append(None if task is None else space.stored(task_id, task, now))
+        return found
+
+    @asynccontextmanager
+    async def announcements(self) -> AsyncIterator[AsyncIterator[str]]:
+        space = self._current()
+        send, receive = anyio.create_memory_object_stream[str](1024)
+        space.subscribers.add(send)
+        try:
+            async with receive:
+                yield receive
+        finally:
+            space.subscribers.discard(send)
+            send.close()
+
+
+@attrs.define
+class _Space:
+    tasks: dict[str, _MemoryTask] = attrs.Factory(dict)
+    leases: dict[str, float] = attrs.Factory(dict)
+    owned: dict[str, set[str]] = attrs.Factory(dict)
+    subscribers: set[MemoryObjectSendStream[str]] = attrs.Factory(set)
+
+    def alive(self, owner: str, now: float) -> bool:
+        return self.leases.get(owner, -math.inf) > now
+
+    def task(self, task_id: str, now: float) -> _MemoryTask | None:
+        task = self.tasks.get(task_id)
+        if task is not None and task.expires <= now:
+            del self.tasks[task_id]
+            return None
+        return task
+
+    def stored(self, task_id: str, task: _MemoryTask, now: float) -> StoredTask:
+        owner = "" if task.ended else task.owner
+        return StoredTask(
+            task_id=task_id,
+            owner=owner,
+            alive=bool(owner) and self.alive(owner, now),
+            snapshot=task.snapshot,
+            ended=task.ended,
+        )
