@@ -24,7 +24,7 @@ from wan_async import (
 )
 from wan_async.testing import FakeGateway, ScaledClock
 
-from .conftest import RedisServer, fixed_processing, make_client
+from .conftest import RedisServer, fixed_processing, make_client, start_redis
 
 pytestmark = pytest.mark.anyio
 
@@ -284,3 +284,105 @@ async def test_tasks_no_one_follows_are_adopted_too(
         assert peer.stats.poller.polls > 0
         assert peer._fleet is not None
         assert peer._fleet.followed == 0
+
+
+# -- one request budget for the fleet ------------------------------------------------------
+
+
+def _peak_rate(gw: FakeGateway, window: float) -> float:
+    """The most requests the gateway served in any ``window`` clock seconds, per second."""
+    times = sorted(r.at for r in gw.stats.request_log if r.kind in ("submit", "get"))
+    most, start = 0, 0
+    for end, at in enumerate(times):
+        while at - times[start] > window:
+            start += 1
+        most = max(most, end - start + 1)
+    return most / window
+
+
+async def test_a_cap_holds_for_the_whole_fleet(gw: FakeGateway, redis_server: RedisServer) -> None:
+    """Three clients, each told ``max_requests_per_second=2``: with the store they share one
+    bucket, and the gateway sees the fleet at 2 requests a second, not 6."""
+    cap = 2.0
+    clients = [member(gw, redis_server, max_requests_per_second=cap) for _ in range(3)]
+    async with clients[0] as a, clients[1] as b, clients[2] as c:
+
+        async def run(client: WanClient, first: int) -> None:
+            await client.generate_many([request(first + i) for i in range(6)])
+
+        async with anyio.create_task_group() as tg:
+            for n, client in enumerate((a, b, c)):
+                tg.start_soon(run, client, 10 * n)
+    assert gw.stats.tasks_created == 18
+    # Over any minute: at most the cap, plus the bucket's two lanes of one token each, plus
+    # a few for the loop's jitter (a token taken at its time is used a little later).
+    # Without the store, each client would spend its own 2 a second: 6 for the three.
+    assert _peak_rate(gw, 60.0) <= cap + 6 / 60.0
+    assert sum(cl.stats.rate.granted for cl in (a, b, c)) >= 18 * 2
+
+
+async def test_429s_seen_by_every_client_move_the_fleet_rate_once(gw: FakeGateway) -> None:
+    """Clients of one fleet share the rate the gateway's 429s set: a burst that every
+    client sees halves it once (per cooldown), and all of them use the rate the store holds."""
+    store = MemoryStore(lease=LEASE)
+    async with FakeGateway(
+        clock=ScaledClock(SCALE),
+        tick=3.0,
+        slots=8,
+        processing_time=fixed_processing(30.0),
+        rate_limit=3.0,
+    ) as limited:
+        clients = [make_client(limited, store=store) for _ in range(3)]
+        async with clients[0] as a, clients[1] as b, clients[2] as c:
+
+            async def run(client: WanClient, first: int) -> None:
+                await client.generate_many([request(first + i) for i in range(8)])
+
+            async with anyio.create_task_group() as tg:
+                for n, client in enumerate((a, b, c)):
+                    tg.start_soon(run, client, 10 * n)
+            held = await store.rate()
+            rates = {cl.stats.rate.current_rate for cl in (a, b, c)}
+    assert limited.stats.tasks_created == 24
+    assert held is not None  # the 429s set a fleet rate
+    assert len(rates) == 1  # every client uses it
+    (rate,) = rates
+    assert rate == pytest.approx(held / SCALE)  # the store's rate is per real second
+    # Halved once per cooldown, not once per client per burst, and from the fleet's pace
+    # (each client sends a third of it): never below half the gateway's 3 a second. Each
+    # client halving its own pace (before) took the fleet to 0.4.
+    assert min(cl.stats.rate.lowest_rate for cl in (a, b, c)) >= 3.0 / 2
+
+
+async def test_with_redis_gone_each_client_keeps_its_share(
+    gw: FakeGateway, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Redis stops mid-run: each of the two clients falls back to half the fleet's cap (the
+    clients alive when last counted), says so once, and every task still ends."""
+    caplog.set_level(logging.WARNING, logger="wan_async")
+    server = start_redis(tmp_path)
+    cap = 2.0
+    try:
+        a = member(gw, server, max_requests_per_second=cap)
+        b = member(gw, server, max_requests_per_second=cap)
+        async with a, b:
+            await anyio.sleep(LEASE / 2)  # both have beaten: two clients alive
+            server.stop()
+            start = gw.clock.monotonic()
+
+            async def run(client: WanClient, first: int) -> None:
+                await client.generate_many([request(first + i) for i in range(5)])
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(run, a, 0)
+                tg.start_soon(run, b, 10)
+    finally:
+        server.stop()
+    assert gw.stats.tasks_created == 10
+    times = sorted(r.at for r in gw.stats.request_log if r.at >= start)
+    window = 60.0
+    most = max(sum(1 for t in times if at <= t <= at + window) for at in times)
+    # Each client's lanes at 1 a second (two lanes of one token each), plus jitter.
+    assert most <= cap * window + 6
+    alone = [r for r in caplog.records if "goes on alone" in r.getMessage()]
+    assert 1 <= len(alone) <= 2  # once per client

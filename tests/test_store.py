@@ -9,7 +9,7 @@ import anyio
 import pytest
 
 from wan_async import MemoryStore, RedisStore, StoreUnavailable, TaskStore
-from wan_async._store import namespace_for
+from wan_async._store import RATE_CHANGED, namespace_for, take_token
 
 from .conftest import RedisServer
 
@@ -216,3 +216,76 @@ async def test_a_dropped_subscription_raises(redis_server: RedisServer) -> None:
                 await anext(announced)
     finally:
         await made.aclose()
+
+
+# -- the fleet's request budget -----------------------------------------------------------
+
+
+async def test_the_fleet_rate_moves_once_per_cooldown(store: TaskStore) -> None:
+    """However many clients see the 429s, the fleet's rate is halved once per cooldown."""
+    assert await store.rate() is None
+    async with store.announcements() as announced:
+        assert await store.propose_rate(8.0, cooldown=0.3, decrease=True) == 8.0
+        with anyio.fail_after(5):
+            assert await anext(announced) == RATE_CHANGED
+    # Four more clients saw the same burst of 429s: none halves it again.
+    for _ in range(4):
+        assert await store.propose_rate(4.0, cooldown=0.3, decrease=True) == 8.0
+    assert await store.propose_rate(9.0, cooldown=0.3, decrease=False) == 8.0  # nor recovers
+    assert await store.propose_rate(16.0, cooldown=0.0, decrease=True) == 8.0  # not lower
+    await anyio.sleep(0.35)
+    assert await store.propose_rate(4.0, cooldown=0.3, decrease=True) == 4.0
+    await anyio.sleep(0.35)
+    assert await store.propose_rate(None, cooldown=0.3, decrease=False) is None
+    assert await store.rate() is None
+
+
+async def test_the_fleet_bucket_serves_polls_first(store: TaskStore) -> None:
+    rate = 10.0
+    first = await store.take("poll", rate=rate, poll_share=0.5)
+    assert 0 < first <= 1 / rate + 0.01  # a new bucket starts empty
+    await anyio.sleep(1.2)  # both lanes fill: 5 tokens each
+    for _ in range(5):
+        assert await store.take("submit", rate=rate, poll_share=0.5) == 0
+    assert await store.take("submit", rate=rate, poll_share=0.5) > 0  # never the poll lane
+    for _ in range(5):
+        assert await store.take("poll", rate=rate, poll_share=0.5) == 0
+    assert await store.take("poll", rate=rate, poll_share=0.5) > 0
+
+
+async def test_the_fleet_bucket_holds_for_many_takers(store: TaskStore) -> None:
+    """Four clients asking as fast as they can get the fleet's rate between them, no more."""
+    rate, seconds = 40.0, 0.5
+    granted = 0
+
+    async def client() -> None:
+        nonlocal granted
+        with anyio.move_on_after(seconds):
+            while True:
+                wait = await store.take("poll", rate=rate, poll_share=0.5)
+                if wait:
+                    await anyio.sleep(wait)
+                else:
+                    granted += 1
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(4):
+            tg.start_soon(client)
+    assert rate * seconds * 0.6 <= granted <= rate * seconds + 1
+
+
+async def test_members_are_the_live_leases(store: TaskStore) -> None:
+    await store.beat("a", 60, first=True)
+    await store.beat("b", LEASE, first=True)
+    assert await store.members() == 2
+    await anyio.sleep(LEASE * 1.5)
+    assert await store.members() == 1
+
+
+def test_the_bucket_rule() -> None:
+    lanes: dict[str, float] = {}
+    assert take_token(lanes, "poll", elapsed=0, rate=2, poll_share=0.5) == 0.5  # both lanes
+    assert take_token(lanes, "poll", elapsed=10, rate=2, poll_share=0.5) == 0
+    assert lanes == {"poll": 0.0, "submit": 1.0}
+    assert take_token(lanes, "poll", elapsed=0, rate=2, poll_share=0.5) == 0  # borrows
+    assert take_token(lanes, "submit", elapsed=0, rate=2, poll_share=0.5) == 1.0

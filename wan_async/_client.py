@@ -198,8 +198,10 @@ class WanClient:
                 namespace=namespace_for(self.base_url, key),
                 poller=self._poller,
                 clock=self.clock,
+                budget=self._budget,
             )
             self._poller.on_change = self._fleet.record
+            self._budget.fleet = self._fleet
         del key
         self._task_group: TaskGroup | None = None
         #: What runs in the client's task group (the poller, batches), each in its own scope:

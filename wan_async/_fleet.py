@@ -39,8 +39,9 @@ from ._exceptions import ClientClosedError, StoreUnavailable, TaskFailed
 from ._handle import TaskHandle
 from ._models import TaskSnapshot
 from ._poller import Poller
+from ._ratelimit import RateBudget, RequestKind
 from ._serde import snapshot_from_store, snapshot_to_store
-from ._store import StoredTask, TaskStore, snapshot_order
+from ._store import RATE_CHANGED, StoredTask, TaskStore, snapshot_order
 
 __all__ = ["Fleet"]
 
@@ -53,8 +54,24 @@ _READ_BATCH = 256
 class Fleet:
     """The fleet side of one client: its lease, its writes, what it follows and adopts."""
 
-    def __init__(self, store: TaskStore, *, namespace: str, poller: Poller, clock: Clock) -> None:
+    def __init__(
+        self,
+        store: TaskStore,
+        *,
+        namespace: str,
+        poller: Poller,
+        clock: Clock,
+        budget: RateBudget | None = None,
+    ) -> None:
         self.store = store
+        self._budget = budget
+        #: The clients alive when last counted (for the local share of the rate).
+        self._members = 1
+        #: A rate change of this client's to propose to the store: (rate, decrease, cooldown).
+        self._proposal: tuple[float | None, bool, float] | None = None
+        self._proposed = anyio.Event()
+        #: Whether the store announced a change of the fleet's rate not read yet.
+        self._rate_dirty = False
         self.namespace = namespace
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
         self._poller = poller
@@ -102,6 +119,59 @@ class Fleet:
             return None
         return snapshot_from_store(stored.snapshot)
 
+    # -- the fleet's request budget (FleetRate) ---------------------------------------------
+
+    @property
+    def shared(self) -> bool:
+        """Whether request tokens come from the store now."""
+        return self._up and self._registered and not self._closed
+
+    def portion(self) -> float:
+        """This client's part of the fleet's rate while the store cannot be reached."""
+        return 1 / max(1, self._members)
+
+    async def take(self, kind: RequestKind, rate: float, poll_share: float) -> float:
+        """A token of the fleet's bucket (rates and waits in clock seconds; the store's are
+        real seconds)."""
+        scale = self._clock.scale
+        try:
+            wait = await self.store.take(kind, rate=rate * scale, poll_share=poll_share)
+        except StoreUnavailable as exc:
+            self._down(exc)
+            raise
+        return wait * scale
+
+    def propose(self, rate: float | None, *, decrease: bool, cooldown: float) -> None:
+        """Send this client's rate change to the store (the latest one, in the background)."""
+        self._proposal = (rate, decrease, cooldown)
+        self._proposed.set()
+
+    async def _proposing(self) -> None:
+        scale = self._clock.scale
+        while True:
+            await self._proposed.wait()
+            self._proposed = anyio.Event()
+            proposal, self._proposal = self._proposal, None
+            if proposal is None or self._budget is None:
+                continue
+            rate, decrease, cooldown = proposal
+            try:
+                held = await self.store.propose_rate(
+                    None if rate is None else rate * scale,
+                    cooldown=cooldown / scale,
+                    decrease=decrease,
+                )
+            except StoreUnavailable as exc:
+                self._down(exc)
+                continue
+            self._budget.adopt(None if held is None else held / scale, peer=False)
+
+    async def _read_rate(self) -> None:
+        if self._budget is None:
+            return
+        held = await self.store.rate()
+        self._budget.adopt(None if held is None else held / self._clock.scale)
+
     # -- running ------------------------------------------------------------------------
 
     async def run(self, *, task_status: AnyioTaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -109,10 +179,11 @@ class Fleet:
         try:
             await self.store.open(self.namespace)
             await self.store.beat(self.owner, self._lease, first=True)
+            self._registered = True
+            self._members = await self.store.members()
+            await self._read_rate()
         except StoreUnavailable as exc:
             self._down(exc)
-        else:
-            self._registered = True
         async with anyio.create_task_group() as task_group:
             self._task_group = task_group
             task_status.started()
@@ -120,6 +191,7 @@ class Fleet:
             task_group.start_soon(self._writing)
             task_group.start_soon(self._listening)
             task_group.start_soon(self._reading)
+            task_group.start_soon(self._proposing)
 
     async def aclose(self) -> None:
         """Write what is left, end the lease (peers adopt the unfinished tasks at once), and
@@ -187,6 +259,8 @@ class Fleet:
                         "tasks (it polls what it tracks until they end)",
                         self.owner,
                     )
+                self._members = await self.store.members()
+                await self._read_rate()
                 while True:
                     taken = await self.store.adopt(self.owner)
                     if not taken:
@@ -243,7 +317,10 @@ class Fleet:
                     self._dirty.update(self._following)
                     self._read.set()
                     async for task_id in announced:
-                        if task_id in self._following:
+                        if task_id == RATE_CHANGED:
+                            self._rate_dirty = True
+                            self._read.set()
+                        elif task_id in self._following:
                             self._dirty.add(task_id)
                             self._read.set()
             except StoreUnavailable as exc:
@@ -255,6 +332,12 @@ class Fleet:
         while True:
             await self._read.wait()
             self._read = anyio.Event()
+            if self._rate_dirty:
+                self._rate_dirty = False
+                try:
+                    await self._read_rate()
+                except StoreUnavailable as exc:
+                    self._down(exc)
             while self._dirty:
                 batch = [self._dirty.pop() for _ in range(min(len(self._dirty), _READ_BATCH))]
                 batch = [t for t in batch if t in self._following]

@@ -35,20 +35,58 @@ the other only while no request of the other kind waits: a waiting poll is never
 a submit for the poll lane, and either kind may use the whole rate while the other is idle.
 Each kind is served in arrival order. A decrease shrinks the lanes to their new size; the
 first rate after an unlimited spell starts them empty.
+
+**One budget for a fleet.** With a task store (:attr:`RateBudget.fleet`), the rate in force
+is the fleet's: a decrease or a recovery step is proposed to the store, which takes at most
+one change per cooldown (the time this client's last ``memory // 2`` requests took at the
+rate being left), however many clients saw the same 429s, and every client adopts what the
+store holds (:meth:`RateBudget.adopt`). Tokens then come from the store's one bucket, with
+the same two lanes (a submit never takes from the poll lane there). While the store cannot
+be reached, the lanes are local again, at the client's share of the rate (the rate divided
+by the clients alive when last known).
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Literal
+from typing import Literal, Protocol
 
 import anyio
 import attrs
 
 from ._clock import Clock
+from ._exceptions import StoreUnavailable
 
 RequestKind = Literal["poll", "submit"]
+
+
+class FleetRate(Protocol):
+    """The fleet's side of a request budget (see :mod:`wan_async._fleet`). Rates are in
+    requests per clock second, waits in clock seconds."""
+
+    @property
+    def shared(self) -> bool:
+        """Whether tokens come from the fleet's store now (it is reachable)."""
+        ...
+
+    def portion(self) -> float:
+        """This client's part of the rate while the store cannot be reached."""
+        ...
+
+    async def take(self, kind: RequestKind, rate: float, poll_share: float) -> float:
+        """Take a token of the fleet's bucket: 0, or the wait first (nothing taken).
+
+        Raises:
+            StoreUnavailable: the store cannot be reached.
+        """
+        ...
+
+    def propose(self, rate: float | None, *, decrease: bool, cooldown: float) -> None:
+        """This client's budget moved to ``rate``: propose it to the fleet (in the
+        background; the fleet answers with :meth:`RateBudget.adopt`)."""
+        ...
+
 
 _KINDS: tuple[RequestKind, RequestKind] = ("poll", "submit")
 _OTHER: dict[RequestKind, RequestKind] = {"poll": "submit", "submit": "poll"}
@@ -109,6 +147,8 @@ class RateBudget:
             msg = f"memory must be a whole number of answers, at least 2, got {memory!r}"
             raise ValueError(msg)
         min_rate = _positive("min_rate", min_rate)
+        #: The fleet this budget is one client's share of (with a task store), if any.
+        self.fleet: FleetRate | None = None
         self._clock = clock
         self._cap = cap
         self._shares: dict[RequestKind, float] = {"poll": poll_share, "submit": 1 - poll_share}
@@ -171,6 +211,8 @@ class RateBudget:
         try:
             # One waiter per kind at a time looks at the tokens: arrival order within a kind.
             async with self._locks[kind]:
+                if await self._take_shared(kind):
+                    return
                 while (wait := self._try_take(kind)) > 0:
                     with anyio.CancelScope() as nap:
                         self._naps[kind] = nap
@@ -183,6 +225,53 @@ class RateBudget:
             if not self._waiting[kind]:
                 # The other kind's waiter may now borrow this lane: it should look again.
                 self._wake(other)
+
+    async def _take_shared(self, kind: RequestKind) -> bool:
+        """Take a token from the fleet's bucket, waiting as it says; False if there is no
+        fleet or its store cannot be reached (the local lanes serve then)."""
+        fleet = self.fleet
+        while fleet is not None and fleet.shared:
+            rate = self._rate
+            if rate is None:
+                self._grant(self._clock.monotonic())
+                return True
+            try:
+                wait = await fleet.take(kind, rate, self._shares["poll"])
+            except StoreUnavailable:
+                self._stamp = self._clock.monotonic()  # the local lanes start from now
+                return False
+            if wait <= 0:
+                self._grant(self._clock.monotonic())
+                return True
+            with anyio.CancelScope() as nap:
+                self._naps[kind] = nap
+                try:
+                    await self._clock.sleep(wait)
+                finally:
+                    self._naps[kind] = None
+        return False
+
+    def adopt(self, rate: float | None, *, peer: bool = True) -> None:
+        """The fleet's rate is ``rate`` (requests per clock second, None: unlimited): take it
+        as this client's. ``peer``: another client moved it; a decrease then spends this
+        client's evidence (the same 429s). Not ``peer``: the store's answer to this client's
+        own proposal (the rate in force, if the store took none within its cooldown)."""
+        if self._cap is not None:
+            rate = self._cap if rate is None else min(rate, self._cap)
+        if rate == self._rate:
+            return
+        now = self._clock.monotonic()
+        self._refill(now)
+        if not peer:
+            pass
+        elif rate is not None and (self._rate is None or rate < self._rate):
+            self._excess = 0.0
+            self._since_decrease = 0
+            if self._base is None or self._recovered:
+                self._base, self._recovered = rate, False
+        elif rate is None:
+            self._base = None
+        self._set_rate(rate, now, told=True)
 
     def answered(self, *, limited: bool) -> None:
         """Record one answer from the gateway, poll or submit.
@@ -210,7 +299,11 @@ class RateBudget:
             self._recover(self._base, now)
 
     def _decrease(self, now: float) -> None:
-        known = [r for r in (self._rate, self._grant_rate()) if r is not None]
+        granted = self._grant_rate()
+        if granted is not None and self.fleet is not None:
+            # The fleet's rate is what is halved: this client sent about its portion of it.
+            granted /= self.fleet.portion()
+        known = [r for r in (self._rate, granted) if r is not None]
         if not known:
             return  # nothing measured to halve yet: the next answer tries again
         rate = max(self._floor, min(known) / 2)
@@ -235,7 +328,15 @@ class RateBudget:
         else:
             self._set_rate(stepped, now)
 
-    def _set_rate(self, rate: float | None, now: float) -> None:
+    def _set_rate(self, rate: float | None, now: float, *, told: bool = False) -> None:
+        fleet = self.fleet
+        if fleet is not None and not told:
+            # The cooldown: how long this client's last `window` requests took at the rate
+            # being left (the next change needs that much new evidence anyway).
+            pace = self._rate if self._rate is not None else self._grant_rate()
+            cooldown = self._window / pace if pace else 0.0
+            decrease = rate is not None and (self._rate is None or rate < self._rate)
+            fleet.propose(rate, decrease=decrease, cooldown=cooldown)
         if rate is not None:
             self._lowest = min(self._lowest, rate)
             if self._rate is None:
@@ -269,8 +370,10 @@ class RateBudget:
             self._tokens[kind] = own - 1
             self._grant(now)
             return 0.0
+        rate = self._local_rate()
+        assert rate is not None
         if self._waiting[other]:
-            return (1 - own) / (self._rate * self._shares[kind])
+            return (1 - own) / (rate * self._shares[kind])
         both = own + self._tokens[other]
         if both >= 1 - _EPSILON:
             self._tokens[kind] = 0.0
@@ -278,27 +381,36 @@ class RateBudget:
             self._grant(now)
             return 0.0
         # Until both lanes are full, together they fill at the whole rate.
-        return (1 - both) / self._rate
+        return (1 - both) / rate
 
     def _grant(self, now: float) -> None:
         self._granted += 1
         self._grant_times.append(now)
 
+    def _local_rate(self) -> float | None:
+        """The rate the local lanes fill at: all of it, or this client's portion of the
+        fleet's while its store cannot be reached."""
+        if self._rate is None or self.fleet is None:
+            return self._rate
+        return self._rate * self.fleet.portion()
+
     def _refill(self, now: float) -> None:
         elapsed = max(0.0, now - self._stamp)
         self._stamp = now
-        if self._rate is None or not elapsed:
+        rate = self._local_rate()
+        if rate is None or not elapsed:
             return
-        filled = {k: self._tokens[k] + elapsed * self._rate * self._shares[k] for k in _KINDS}
+        filled = {k: self._tokens[k] + elapsed * rate * self._shares[k] for k in _KINDS}
         for kind in _KINDS:
             other = _OTHER[kind]
             spill = max(0.0, filled[other] - self._lane_size(other))
             self._tokens[kind] = min(self._lane_size(kind), filled[kind] + spill)
 
     def _lane_size(self, kind: RequestKind) -> float:
-        if self._rate is None:
+        rate = self._local_rate()
+        if rate is None:
             return 1.0  # unused while unlimited
-        return max(1.0, self._shares[kind] * max(1.0, self._rate))
+        return max(1.0, self._shares[kind] * max(1.0, rate))
 
     def _wake(self, kind: RequestKind) -> None:
         nap = self._naps[kind]

@@ -7,7 +7,10 @@ a host's clock. Keys, all under the namespace (a hash of the gateway URL and the
     {ns}:t:<task_id>      hash   o: owner, s: snapshot JSON, r: its order, e: "1" once ended
     {ns}:owners           zset   owner -> end of its lease (server milliseconds)
     {ns}:owned:<owner>    set    the unfinished tasks it owns
-    {ns}:snap             channel  the id of each task whose snapshot was stored
+    {ns}:rate             hash   r: the fleet's request rate ('' unlimited), at: when set
+    {ns}:bucket           hash   p, s: the poll and submit lanes' tokens, t: when filled
+    {ns}:snap             channel  the id of each task whose snapshot was stored, and
+                                   "*rate" when the rate changed
 
 The namespace is in braces, so all keys of one fleet hash to one slot; the scripts still
 build some key names themselves, so a Redis Cluster is not supported (one server, or a
@@ -25,7 +28,7 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from ._exceptions import ConfigurationError, StoreUnavailable
-from ._store import LEASE, TASK_TTL, Claim, StoredTask, check_lease
+from ._store import LEASE, RATE_CHANGED, TASK_TTL, Claim, StoredTask, check_lease
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -146,6 +149,68 @@ for i = 2, #KEYS do
   end
 end
 return out
+"""
+)
+
+
+# KEYS: owners. Returns how many leases run.
+_MEMBERS = (
+    _NOW
+    + """
+return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
+"""
+)
+
+# KEYS: the rate. ARGV: rate ('' for unlimited), cooldown (ms), decrease, channel, message.
+# Returns the rate in force after, as text ('' for unlimited).
+_PROPOSE = (
+    _NOW
+    + """
+local function num(x) if not x or x == '' then return math.huge end return tonumber(x) end
+local cur = redis.call('HMGET', KEYS[1], 'r', 'at')
+local current = num(cur[1])
+local at = tonumber(cur[2])
+local wanted = num(ARGV[1])
+local moves
+if ARGV[3] == '1' then moves = wanted < current else moves = wanted ~= current end
+if moves and (at == nil or now - at >= tonumber(ARGV[2])) then
+  redis.call('HSET', KEYS[1], 'r', ARGV[1], 'at', now)
+  redis.call('PUBLISH', ARGV[4], ARGV[5])
+  return ARGV[1]
+end
+return cur[1] or ''
+"""
+)
+
+# KEYS: the bucket. ARGV: kind, rate (per second), poll share. The rule of take_token();
+# returns the seconds to wait as text ('0': taken). Lanes are kept for an hour idle.
+_TAKE = (
+    _NOW
+    + """
+local b = redis.call('HMGET', KEYS[1], 'p', 's', 't')
+local rate = tonumber(ARGV[2])
+local share = tonumber(ARGV[3])
+local p = tonumber(b[1]) or 0
+local s = tonumber(b[2]) or 0
+local t = tonumber(b[3]) or now
+local elapsed = math.max(0, now - t) / 1000
+local size_p = math.max(1, share * math.max(1, rate))
+local size_s = math.max(1, (1 - share) * math.max(1, rate))
+local fp = p + elapsed * rate * share
+local fs = s + elapsed * rate * (1 - share)
+p = math.min(size_p, fp + math.max(0, fs - size_s))
+s = math.min(size_s, fs + math.max(0, fp - size_p))
+local wait = 0
+local eps = 1e-9
+if ARGV[1] == 'poll' then
+  if p >= 1 - eps then p = p - 1
+  elseif p + s >= 1 - eps then s = p + s - 1; p = 0
+  else wait = (1 - p - s) / rate end
+elseif s >= 1 - eps then s = s - 1
+else wait = (1 - s) / (rate * (1 - share)) end
+redis.call('HSET', KEYS[1], 'p', tostring(p), 's', tostring(s), 't', now)
+redis.call('PEXPIRE', KEYS[1], 3600000)
+return tostring(wait)
 """
 )
 
@@ -306,6 +371,39 @@ class RedisStore:
             for task_id, row in zip(task_ids, rows, strict=True)
         ]
 
+    async def members(self) -> int:
+        return int(await self._run("members", _MEMBERS, [self.key("owners")], []))
+
+    async def rate(self) -> float | None:
+        try:
+            value = await self._redis.hget(self.key("rate"), "r")
+        except Exception as exc:
+            raise _unavailable(exc) from exc
+        return _rate(value)
+
+    async def propose_rate(
+        self, rate: float | None, *, cooldown: float, decrease: bool
+    ) -> float | None:
+        value = await self._run(
+            "propose",
+            _PROPOSE,
+            [self.key("rate")],
+            [
+                "" if rate is None else repr(float(rate)),
+                max(0, round(cooldown * 1000)),
+                "1" if decrease else "0",
+                self.key("snap"),
+                RATE_CHANGED,
+            ],
+        )
+        return _rate(value)
+
+    async def take(self, kind: str, *, rate: float, poll_share: float) -> float:
+        wait = await self._run(
+            "take", _TAKE, [self.key("bucket")], [kind, repr(float(rate)), repr(poll_share)]
+        )
+        return max(0.0, float(_text(wait)))
+
     @asynccontextmanager
     async def announcements(self) -> AsyncIterator[AsyncIterator[str]]:
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
@@ -327,6 +425,11 @@ class RedisStore:
                 raise _unavailable(exc) from exc
             if message is not None and message.get("type") == "message":
                 yield _text(message["data"])
+
+
+def _rate(value: object) -> float | None:
+    text = _text(value) if value is not None else ""
+    return float(text) if text else None
 
 
 def _unavailable(exc: BaseException) -> StoreUnavailable:

@@ -40,6 +40,7 @@ from ._models import TaskSnapshot, TaskStatus
 
 __all__ = [
     "LEASE",
+    "RATE_CHANGED",
     "TASK_TTL",
     "Claim",
     "MemoryStore",
@@ -48,12 +49,44 @@ __all__ = [
     "check_lease",
     "namespace_for",
     "snapshot_order",
+    "take_token",
 ]
 
 #: Seconds a task's record lives after its first claim: the gateway forgets tasks after 24 h.
 TASK_TTL = 24 * 3600.0
 #: Seconds a client owns its tasks without renewing, by default (a setting of each store).
 LEASE = 10.0
+#: What :meth:`TaskStore.announcements` yields when the fleet's rate changed (no task id
+#: starts with ``*``: ids are one path segment of letters, digits, ``-`` and ``_``).
+RATE_CHANGED = "*rate"
+#: A token a grant may fall short of: float refills land a hair under after an exact sleep.
+_EPSILON = 1e-9
+
+
+def take_token(
+    lanes: dict[str, float], kind: str, *, elapsed: float, rate: float, poll_share: float
+) -> float:
+    """The fleet bucket's rule (:meth:`TaskStore.take`) on ``lanes`` (``"poll"``,
+    ``"submit"``), after ``elapsed`` seconds at ``rate``: 0 if a token was taken, else the
+    seconds to wait. The Redis store runs the same rule in Lua."""
+    shares = {"poll": poll_share, "submit": 1 - poll_share}
+    size = {k: max(1.0, shares[k] * max(1.0, rate)) for k in shares}
+    filled = {k: lanes.get(k, 0.0) + elapsed * rate * shares[k] for k in shares}
+    lanes["poll"] = min(size["poll"], filled["poll"] + max(0.0, filled["submit"] - size["submit"]))
+    lanes["submit"] = min(
+        size["submit"], filled["submit"] + max(0.0, filled["poll"] - size["poll"])
+    )
+    own = lanes[kind]
+    if own >= 1 - _EPSILON:
+        lanes[kind] = own - 1
+        return 0.0
+    if kind == "poll":
+        both = own + lanes["submit"]
+        if both >= 1 - _EPSILON:
+            lanes["poll"], lanes["submit"] = 0.0, both - 1
+            return 0.0
+        return (1 - both) / rate
+    return (1 - own) / (rate * shares[kind])
 
 
 def check_lease(lease: object) -> float:
@@ -164,8 +197,32 @@ class TaskStore(Protocol):
         """The stored records of ``task_ids`` (None: unknown or expired)."""
 
     def announcements(self) -> AbstractAsyncContextManager[AsyncIterator[str]]:
-        """Subscribe: the ids of tasks whose snapshot was stored, from now on. The iterator
-        raises :class:`OSError` when the subscription is lost."""
+        """Subscribe: the ids of tasks whose snapshot was stored, from now on, and
+        :data:`RATE_CHANGED` when the fleet's rate changed. The iterator raises
+        :class:`StoreUnavailable` when the subscription is lost."""
+
+    async def members(self) -> int:
+        """How many owners' leases run now."""
+
+    async def rate(self) -> float | None:
+        """The fleet's request rate in force (requests per second of the store's clock),
+        None while unlimited."""
+
+    async def propose_rate(
+        self, rate: float | None, *, cooldown: float, decrease: bool
+    ) -> float | None:
+        """Set the fleet's rate to ``rate`` (None: unlimited) unless it changed less than
+        ``cooldown`` seconds ago; a decrease only lowers it. Returns the rate in force after
+        (and announces a change)."""
+
+    async def take(self, kind: str, *, rate: float, poll_share: float) -> float:
+        """Take one request's token of ``kind`` (``"poll"`` or ``"submit"``) from the fleet's
+        bucket, which fills at ``rate`` requests per second (``poll_share`` of it in the poll
+        lane), and return 0; or take nothing and return the seconds to wait first.
+
+        The lanes hold ``max(1, share * max(1, rate))`` tokens each; what overflows one
+        spills into the other. A poll may take from the submit lane, a submit never from the
+        poll lane: status checks keep their share across the fleet."""
 
 
 @attrs.define
@@ -253,13 +310,7 @@ class MemoryStore:
         task.snapshot, task.order, task.ended = snapshot, order, ended
         if ended and task.owner:
             space.owned.get(task.owner, set()).discard(task_id)
-        for subscriber in list(space.subscribers):
-            try:
-                subscriber.send_nowait(task_id)
-            except anyio.WouldBlock:
-                pass  # a hint only: a slow subscriber re-reads what it follows
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                space.subscribers.discard(subscriber)
+        space.announce(task_id)
         return True
 
     async def get(self, task_ids: Sequence[str]) -> list[StoredTask | None]:
@@ -270,6 +321,34 @@ class MemoryStore:
             task = space.task(task_id, now)
             found.append(None if task is None else space.stored(task_id, task, now))
         return found
+
+    async def members(self) -> int:
+        space = self._current()
+        now = time.monotonic()
+        return sum(1 for until in space.leases.values() if until > now)
+
+    async def rate(self) -> float | None:
+        return self._current().rate
+
+    async def propose_rate(
+        self, rate: float | None, *, cooldown: float, decrease: bool
+    ) -> float | None:
+        space = self._current()
+        now = time.monotonic()
+        current = math.inf if space.rate is None else space.rate
+        wanted = math.inf if rate is None else rate
+        moves = wanted < current if decrease else wanted != current
+        if moves and now - space.rate_at >= cooldown:
+            space.rate, space.rate_at = rate, now
+            space.announce(RATE_CHANGED)
+        return space.rate
+
+    async def take(self, kind: str, *, rate: float, poll_share: float) -> float:
+        space = self._current()
+        now = time.monotonic()
+        elapsed = max(0.0, now - space.bucket_at) if space.bucket_at is not None else 0.0
+        space.bucket_at = now
+        return take_token(space.lanes, kind, elapsed=elapsed, rate=rate, poll_share=poll_share)
 
     @asynccontextmanager
     async def announcements(self) -> AsyncIterator[AsyncIterator[str]]:
@@ -290,6 +369,19 @@ class _Space:
     leases: dict[str, float] = attrs.Factory(dict)
     owned: dict[str, set[str]] = attrs.Factory(dict)
     subscribers: set[MemoryObjectSendStream[str]] = attrs.Factory(set)
+    rate: float | None = None
+    rate_at: float = -math.inf
+    lanes: dict[str, float] = attrs.Factory(dict)
+    bucket_at: float | None = None
+
+    def announce(self, message: str) -> None:
+        for subscriber in list(self.subscribers):
+            try:
+                subscriber.send_nowait(message)
+            except anyio.WouldBlock:
+                pass  # a hint only: a slow subscriber re-reads what it follows
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                self.subscribers.discard(subscriber)
 
     def alive(self, owner: str, now: float) -> bool:
         return self.leases.get(owner, -math.inf) > now
