@@ -47,6 +47,7 @@ PUBLIC = [
     "RetryPolicy",
     "ScaledClock",
     "ServerError",
+    "SharedJournal",
     "StatusUnavailable",
     "StorageError",
     "StoreUnavailable",

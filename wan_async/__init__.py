@@ -46,6 +46,7 @@ from ._redis import RedisStore
 from ._retry import RetryPolicy
 from ._rules import MODEL_RULES, ModelRules
 from ._schedule import PollPolicy
+from ._shared_journal import SharedJournal
 from ._store import MemoryStore, StoredTask, TaskStore
 from ._stream import OutcomeStream
 from ._transport import trace_config
@@ -85,6 +86,7 @@ __all__ = [
     "RetryPolicy",
     "ScaledClock",
     "ServerError",
+    "SharedJournal",
     "StatusUnavailable",
     "StorageError",
     "StoreUnavailable",

@@ -65,6 +65,10 @@ class Admission:
         """Count an item whose task exists already (a resumed batch) as in flight."""
         self._in_flight += 1
 
+    def submitting_again(self) -> None:
+        """An item let in submits once more (its claim elsewhere was freed)."""
+        self._submitting += 1
+
     def submit_done(self) -> None:
         """The item's submit ended, with a task or without one."""
         self._submitting -= 1

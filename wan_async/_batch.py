@@ -22,6 +22,7 @@ it, :mod:`wan_async._journal`'s. This module keeps each item's story straight:
 from __future__ import annotations
 
 import contextlib
+import enum
 import math
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -50,6 +51,7 @@ from ._handle import TaskHandle
 from ._journal import Journal
 from ._models import VideoRequest, VideoResult
 from ._progress import BatchProgress, Outlook, ProgressCallback, ProgressTracker
+from ._shared_journal import ClaimedElsewhere
 
 #: Errors every further submit would meet too (the key or the base URL is refused): one stops
 #: the batch from submitting more. Tasks already submitted are still waited for.
@@ -138,6 +140,15 @@ Save = Callable[[int, VideoResult], Awaitable[Path]]
 
 class _Stopped(Exception):
     """The batch stopped before this item's request was sent."""
+
+
+class _Claimed(enum.Enum):
+    """An item another host of a shared journal claimed first."""
+
+    CLAIMED = "claimed"
+
+
+_CLAIMED = _Claimed.CLAIMED
 
 
 class Batch:
@@ -370,13 +381,53 @@ class Batch:
     async def _run_item(
         self, index: int, request: VideoRequest, handle: TaskHandle | None
     ) -> Outcome:
-        if handle is None:
+        while handle is None:
+            started: TaskHandle | Outcome | _Claimed | None
             started = await self._submit_item(index, request)
+            if started is _CLAIMED:
+                # Another host of a shared journal is submitting it: follow that one.
+                started = await self._follow_item(index, request)
+                if started is None:
+                    # Its submit created nothing and freed the claim: ours to try now.
+                    self._admission.submitting_again()
+                    continue
             if isinstance(started, Outcome):
                 return started
+            assert isinstance(started, TaskHandle)
             handle = started
             self._progress.tracking(index, handle)
         return await self._finish(await self._wait_item(index, request, handle))
+
+    async def _follow_item(self, index: int, request: VideoRequest) -> TaskHandle | Outcome | None:
+        """Wait for the client that claimed item ``index`` (in a shared journal) to record
+        its task id (then attach to it), or the item's end; ``None`` if its submit created
+        nothing (the claim is free again)."""
+        journal = self._journal
+        assert journal is not None
+        while True:
+            await journal.refresh()
+            state = journal.state(index)
+            if state.final is not None:
+                result, error = journal.outcome(index)
+                return Outcome(
+                    index=index, request=request, task_id=state.task_id, result=result, error=error
+                )
+            if state.task_id is not None:
+                self._task_ids[index] = state.task_id
+                return self._attach(state.task_id)
+            if state.submitting_at is None:
+                return None
+            if not journal.claimed_elsewhere(index):
+                # Its claimer stopped with the answer unknown: the task may exist.
+                unknown = SubmitOutcomeUnknown(
+                    request=request,
+                    submitted_at=state.submitting_at,
+                    cause=None,
+                    reason=state.unknown_reason
+                    or "the client that claimed it stopped before recording its answer",
+                )
+                return Outcome(index=index, request=request, error=unknown)
+            await anyio.sleep(journal.follow_every)
 
     async def _save_resumed(self, outcome: Outcome) -> None:
         """Report an item the journal holds as succeeded, once its video is on disk (or
@@ -404,6 +455,8 @@ class Batch:
             return Outcome(
                 index=index, request=request, task_id=state.task_id, result=result, error=error
             )
+        if self._journal.claimed_elsewhere(index):
+            return None  # another host is submitting it: its claim will say so, then follow
         if state.outcome_unknown:
             unknown = SubmitOutcomeUnknown(
                 request=request,
@@ -441,9 +494,13 @@ class Batch:
             await self._journal.finished(index, task_id, result, None, at=self._clock.time())
         return Outcome(index=index, request=request, task_id=task_id, result=result)
 
-    async def _submit_item(self, index: int, request: VideoRequest) -> TaskHandle | Outcome:
+    async def _submit_item(
+        self, index: int, request: VideoRequest
+    ) -> TaskHandle | Outcome | _Claimed:
         try:
             return await self._submit(request, hooks=_ItemHooks(self, index))
+        except ClaimedElsewhere:
+            return _CLAIMED
         except _Stopped:
             return Outcome(index=index, request=request, error=self._aborted(None))
         except JournalError:

@@ -55,6 +55,7 @@ from ._redis import RedisStore
 from ._retry import RetryPolicy, call_with_retries
 from ._schedule import PollPolicy, duration_key
 from ._serde import created_from_wire, request_to_wire, snapshot_from_wire
+from ._shared_journal import SharedJournal, StoreJournal
 from ._store import TaskStore, namespace_for, snapshot_order
 from ._stream import Controls, OutcomeStream
 from ._transport import Answer, Transport
@@ -517,7 +518,7 @@ class WanClient:
         timeout: float | None = None,
         deadline: float | None = None,
         fail_fast: bool = False,
-        journal: str | os.PathLike[str] | None = None,
+        journal: str | os.PathLike[str] | SharedJournal | None = None,
         download_dir: str | os.PathLike[str] | None = None,
         retry_failed: bool = False,
         resubmit_unknown: bool = False,
@@ -538,7 +539,9 @@ class WanClient:
                 never stops the others (a rejected API key always stops the batch).
             journal: a file to record the batch in, one fsynced JSON line per event; running
                 the same batch with the same journal resumes it without resubmitting
-                anything (see :mod:`wan_async._journal`).
+                anything (see :mod:`wan_async._journal`). Or a :class:`SharedJournal`, kept in
+                the client's task store: several hosts may run the batch at once, each item
+                is submitted by one of them, and each gets every outcome.
             download_dir: save each video there as soon as its task succeeds (as
                 ``<index>-<task_id>.mp4``; a file already there is kept, so a resumed batch
                 does not fetch it again); the outcome's ``path`` says where. The folder is
@@ -567,6 +570,9 @@ class WanClient:
         """
         check_seconds("timeout", timeout)
         check_seconds("deadline", deadline)
+        if (retry_failed or resubmit_unknown) and isinstance(journal, SharedJournal):
+            msg = "retry_failed and resubmit_unknown do not work with a shared journal yet"
+            raise ValueError(msg)
         if (retry_failed or resubmit_unknown) and journal is None:
             msg = (
                 "retry_failed=True and resubmit_unknown=True act on what an earlier run "
@@ -593,6 +599,23 @@ class WanClient:
         stream = OutcomeStream(outcomes, controls)
         return stream
 
+    async def _open_journal(
+        self,
+        journal: str | os.PathLike[str] | SharedJournal | None,
+        items: list[VideoRequest],
+    ) -> Journal | None:
+        if journal is None:
+            return None
+        if not isinstance(journal, SharedJournal):
+            return await Journal.open(journal, items)
+        if self._fleet is None:
+            msg = (
+                f"the shared journal {journal.name!r} lives in the client's task store: "
+                "create the client with store=RedisStore.from_url(...) (or set WAN_REDIS_URL)"
+            )
+            raise ConfigurationError(msg)
+        return await StoreJournal.open_in(self._fleet.store, self._fleet.owner, journal, items)
+
     async def _as_completed(
         self,
         controls: Controls,
@@ -602,7 +625,7 @@ class WanClient:
         timeout: float | None,
         deadline: float | None,
         fail_fast: bool,
-        journal: str | os.PathLike[str] | None,
+        journal: str | os.PathLike[str] | SharedJournal | None,
         download_dir: str | os.PathLike[str] | None,
         retry_failed: bool,
         resubmit_unknown: bool,
@@ -611,7 +634,7 @@ class WanClient:
         task_group = await self._group()
         items = _checked_requests(requests)
         save = await self._saver(download_dir) if download_dir is not None else None
-        opened = await Journal.open(journal, items) if journal is not None else None
+        opened = await self._open_journal(journal, items)
         poller = self._poller
         cap = max_in_flight or self.max_in_flight
         admission = Admission(
@@ -682,7 +705,7 @@ class WanClient:
         timeout: float | None = None,
         deadline: float | None = None,
         fail_fast: bool = False,
-        journal: str | os.PathLike[str] | None = None,
+        journal: str | os.PathLike[str] | SharedJournal | None = None,
         download_dir: str | os.PathLike[str] | None = None,
         retry_failed: bool = False,
         resubmit_unknown: bool = False,
@@ -699,7 +722,7 @@ class WanClient:
         timeout: float | None = None,
         deadline: float | None = None,
         fail_fast: bool = False,
-        journal: str | os.PathLike[str] | None = None,
+        journal: str | os.PathLike[str] | SharedJournal | None = None,
         download_dir: str | os.PathLike[str] | None = None,
         retry_failed: bool = False,
         resubmit_unknown: bool = False,
@@ -715,7 +738,7 @@ class WanClient:
         timeout: float | None = None,
         deadline: float | None = None,
         fail_fast: bool = False,
-        journal: str | os.PathLike[str] | None = None,
+        journal: str | os.PathLike[str] | SharedJournal | None = None,
         download_dir: str | os.PathLike[str] | None = None,
         retry_failed: bool = False,
         resubmit_unknown: bool = False,

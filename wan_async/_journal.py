@@ -118,6 +118,8 @@ class ItemState:
     fingerprint: str
     #: When a submit was started (``None`` if never).
     submitting_at: float | None = None
+    #: Which client started it, in a journal several hosts share (``None`` in a file's).
+    submitting_by: str | None = None
     task_id: str | None = None
     #: The submit's outcome is unknown: never resubmit.
     unknown: bool = False
@@ -148,6 +150,10 @@ class ItemState:
 
 class Journal:
     """An open journal for one batch. Create it with :meth:`open`."""
+
+    #: Seconds between two reads of the other clients' lines while an item another client
+    #: claimed has no task id yet (a journal several hosts share; unused for a file's).
+    follow_every: float = 1.0
 
     def __init__(
         self,
@@ -218,6 +224,14 @@ class Journal:
     def state(self, index: int) -> ItemState:
         """What the journal knows of item ``index``."""
         return self._states[index]
+
+    def claimed_elsewhere(self, index: int) -> bool:
+        """Whether another live client is submitting item ``index`` now (in a journal
+        several hosts share; never in a file's, which one run at a time holds)."""
+        return False
+
+    async def refresh(self) -> None:
+        """Read what other clients wrote since (a no-op for a journal file)."""
 
     def outcome(self, index: int) -> tuple[VideoResult | None, BaseException | None]:
         """The result or error a finished item ended with, rebuilt from its final line."""
@@ -388,6 +402,8 @@ def _replay(path: Path, lines: list[str], by_key: dict[str, ItemState]) -> None:
         state.recorded = True
         if event == "submitting":
             state.submitting_at = float(line.get("at") or 0.0)
+            by = line.get("by")
+            state.submitting_by = by if isinstance(by, str) else None
         elif event == "submitted":
             state.task_id = str(line["task_id"])
         elif event == "refused":

@@ -9,6 +9,8 @@ a host's clock. Keys, all under the namespace (a hash of the gateway URL and the
     {ns}:owned:<owner>    set    the unfinished tasks it owns
     {ns}:rate             hash   r: the fleet's request rate ('' unlimited), at: when set
     {ns}:bucket           hash   p, s: the poll and submit lanes' tokens, t: when filled
+    {ns}:j:<name>:lines   list   a shared batch journal's lines (as a journal file's)
+    {ns}:j:<name>:claims  hash   item key -> the client that claimed its submit
     {ns}:snap             channel  the id of each task whose snapshot was stored, and
                                    "*rate" when the rate changed
 
@@ -215,6 +217,29 @@ return tostring(wait)
 )
 
 
+# KEYS: owners. Returns the owners whose leases run.
+_LIVE = (
+    _NOW
+    + """
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf')
+"""
+)
+
+# KEYS: the journal's claims, its lines. ARGV: item, owner, line. 1 if claimed.
+_JOURNAL_CLAIM = """
+if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
+redis.call('RPUSH', KEYS[2], ARGV[3])
+return 1
+"""
+
+# KEYS: the journal's claims, its lines. ARGV: item, line.
+_JOURNAL_RELEASE = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('RPUSH', KEYS[2], ARGV[2])
+return 1
+"""
+
+
 def _text(value: object) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -397,6 +422,50 @@ class RedisStore:
             ],
         )
         return _rate(value)
+
+    async def live_owners(self) -> set[str]:
+        owners = await self._run("live", _LIVE, [self.key("owners")], [])
+        return {_text(owner) for owner in owners}
+
+    async def durability(self) -> str | None:
+        try:
+            config = await self._redis.config_get("append*")
+        except Exception as exc:
+            return (
+                f"the server's persistence cannot be read ({type(exc).__name__}: {exc}; a "
+                "managed Redis may disable CONFIG)"
+            )
+        settings = {_text(k): _text(v) for k, v in config.items()}
+        appendonly = settings.get("appendonly")
+        appendfsync = settings.get("appendfsync")
+        if appendonly == "yes" and appendfsync == "always":
+            return None
+        return f"the server has appendonly {appendonly!r} and appendfsync {appendfsync!r}"
+
+    def _journal_keys(self, name: str) -> tuple[str, str]:
+        return self.key("j", name, "claims"), self.key("j", name, "lines")
+
+    async def journal_read(self, name: str, start: int) -> list[str]:
+        try:
+            lines = await self._redis.lrange(self._journal_keys(name)[1], start, -1)
+        except Exception as exc:
+            raise _unavailable(exc) from exc
+        return [_text(line) for line in lines]
+
+    async def journal_append(self, name: str, line: str) -> None:
+        try:
+            await self._redis.rpush(self._journal_keys(name)[1], line)
+        except Exception as exc:
+            raise _unavailable(exc) from exc
+
+    async def journal_claim(self, name: str, item: str, owner: str, line: str) -> bool:
+        taken = await self._run(
+            "journal_claim", _JOURNAL_CLAIM, self._journal_keys(name), [item, owner, line]
+        )
+        return int(taken) == 1
+
+    async def journal_release(self, name: str, item: str, line: str) -> None:
+        await self._run("journal_release", _JOURNAL_RELEASE, self._journal_keys(name), [item, line])
 
     async def take(self, kind: str, *, rate: float, poll_share: float) -> float:
         wait = await self._run(

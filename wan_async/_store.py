@@ -215,6 +215,28 @@ class TaskStore(Protocol):
         ``cooldown`` seconds ago; a decrease only lowers it. Returns the rate in force after
         (and announces a change)."""
 
+    async def live_owners(self) -> set[str]:
+        """The owners whose leases run now."""
+
+    async def durability(self) -> str | None:
+        """None if a write the store acknowledged survives a crash of its server (Redis:
+        ``appendonly yes`` with ``appendfsync always``); else what falls short."""
+
+    async def journal_read(self, name: str, start: int) -> list[str]:
+        """The lines of the shared journal ``name`` from line ``start`` on."""
+
+    async def journal_append(self, name: str, line: str) -> None:
+        """Append one line to the shared journal ``name``."""
+
+    async def journal_claim(self, name: str, item: str, owner: str, line: str) -> bool:
+        """Claim ``item`` of journal ``name`` for ``owner`` and append ``line``, in one
+        step; False (nothing written) if someone holds the claim. A claim is never taken
+        over: only :meth:`journal_release` (a submit that certainly created nothing) frees
+        it."""
+
+    async def journal_release(self, name: str, item: str, line: str) -> None:
+        """Free the claim of ``item`` and append ``line``, in one step."""
+
     async def take(self, kind: str, *, rate: float, poll_share: float) -> float:
         """Take one request's token of ``kind`` (``"poll"`` or ``"submit"``) from the fleet's
         bucket, which fills at ``rate`` requests per second (``poll_share`` of it in the poll
@@ -343,6 +365,34 @@ class MemoryStore:
             space.announce(RATE_CHANGED)
         return space.rate
 
+    async def live_owners(self) -> set[str]:
+        space = self._current()
+        now = time.monotonic()
+        return {owner for owner, until in space.leases.items() if until > now}
+
+    async def durability(self) -> str | None:
+        return None  # nothing outlives the process anyway: what it acknowledged, it has
+
+    async def journal_read(self, name: str, start: int) -> list[str]:
+        return list(self._current().journals.get(name, [])[start:])
+
+    async def journal_append(self, name: str, line: str) -> None:
+        self._current().journals.setdefault(name, []).append(line)
+
+    async def journal_claim(self, name: str, item: str, owner: str, line: str) -> bool:
+        space = self._current()
+        claims = space.claims.setdefault(name, {})
+        if item in claims:
+            return False
+        claims[item] = owner
+        space.journals.setdefault(name, []).append(line)
+        return True
+
+    async def journal_release(self, name: str, item: str, line: str) -> None:
+        space = self._current()
+        space.claims.setdefault(name, {}).pop(item, None)
+        space.journals.setdefault(name, []).append(line)
+
     async def take(self, kind: str, *, rate: float, poll_share: float) -> float:
         space = self._current()
         now = time.monotonic()
@@ -373,6 +423,8 @@ class _Space:
     rate_at: float = -math.inf
     lanes: dict[str, float] = attrs.Factory(dict)
     bucket_at: float | None = None
+    journals: dict[str, list[str]] = attrs.Factory(dict)
+    claims: dict[str, dict[str, str]] = attrs.Factory(dict)
 
     def announce(self, message: str) -> None:
         for subscriber in list(self.subscribers):
