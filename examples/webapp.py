@@ -27,10 +27,12 @@ The recipe:
   answered. Several worker processes on one host may share the file: appends never overwrite
   each other, and a POST costs the same at 100,000 stored ids as at ten. The file is compacted
   (ids older than a day dropped) at start-up and every hour while the app runs.
-- **Each worker answers for its own tasks**: a worker re-attaches the stored ids at start-up
-  only, so status for a task submitted on another worker since is a 404 there. Answering every
-  task on every worker needs a store the workers share live (a Redis store is planned); this
-  file store is for restarts, and for several workers on one host not losing each other's ids.
+- **Several workers on one port** (``--workers N``, each a process listening with
+  ``SO_REUSEPORT``) answer for every task once they share the fleet's Redis store
+  (``WAN_REDIS_URL``): a task submitted on one worker is answered on any other from the store
+  (``client.latest``), polled by one worker only, within one request budget for the key.
+  Without it, each worker answers for its own tasks only (a 404 on the others): a
+  multi-worker deployment needs the Redis store. The file store below is for restarts.
 - **A paid task is always answered**: once the submit has succeeded, a store that fails
   (a full disk, a read-only volume) costs the task its re-attachment after a restart, logged
   as an ERROR naming it, never the caller's 202: a 500 would make the caller retry and pay for
@@ -50,6 +52,7 @@ import json
 import logging
 import math
 import os
+import signal
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -67,6 +70,8 @@ from wan_async import (
     RateLimitedError,
     SubmitOutcomeUnknown,
     TaskHandle,
+    TaskSnapshot,
+    TaskStatus,
     ValidationError,
     VideoRequest,
     WanClient,
@@ -419,11 +424,41 @@ async def create_video(request: web.Request) -> web.Response:
 
 
 async def get_video(request: web.Request) -> web.Response:
-    """The task as the shared poller last saw it: no gateway request per call."""
-    handle = request.app[STATE].handles.get(request.match_info["task_id"])
-    if handle is None:
+    """The task as the shared poller last saw it: no gateway request per call. A task of
+    another worker is answered from the fleet's store (with ``WAN_REDIS_URL``)."""
+    state = request.app[STATE]
+    task_id = request.match_info["task_id"]
+    handle = state.handles.get(task_id)
+    if handle is not None:
+        return json_response(describe(handle))
+    snapshot = None
+    if state.client.store is not None:  # without one, this worker knows only its own
+        with contextlib.suppress(ValueError):  # not a task id
+            snapshot = await state.client.latest(task_id)
+    if snapshot is None:
         return _error(404, "not_found", "no video with this task id was submitted here")
-    return json_response(describe(handle))
+    return json_response(describe_snapshot(snapshot))
+
+
+def describe_snapshot(snapshot: TaskSnapshot) -> dict[str, Any]:
+    """A stored snapshot (another worker's task) as JSON, as :func:`describe` answers."""
+    body: dict[str, Any] = {
+        "task_id": snapshot.task_id,
+        "status": snapshot.status.value,
+        "done": snapshot.is_terminal,
+        "progress": snapshot.progress,
+    }
+    if snapshot.updated_at is not None:
+        body["updated_at"] = snapshot.updated_at.isoformat()
+    if snapshot.status is TaskStatus.SUCCESS:
+        body["video_url"] = snapshot.video_url
+    elif snapshot.status is TaskStatus.FAILURE:
+        body["error"] = {
+            "type": "TaskFailed",
+            "code": snapshot.fail_code,
+            "message": snapshot.fail_message,
+        }
+    return body
 
 
 def describe(handle: TaskHandle) -> dict[str, Any]:
@@ -512,7 +547,14 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @web.middleware
 async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """aiohttp's own error answers (404, 405, 413, a crash's 500) in JSON too, like the app's."""
+    """aiohttp's own error answers (404, 405, 413, a crash's 500) in JSON too, like the app's;
+    ``X-Worker`` on every answer says which worker process gave it."""
+    response = await _json_errors(request, handler)
+    response.headers["X-Worker"] = str(os.getpid())
+    return response
+
+
+async def _json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except web.HTTPException as exc:
@@ -538,9 +580,21 @@ async def _serve(args: argparse.Namespace) -> None:
         runner = web.AppRunner(create_app(store_path=args.store, **options))
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
-        await web.TCPSite(runner, args.host, args.port).start()
-        print(f"serving on http://{args.host}:{args.port}/videos; Ctrl-C to stop", flush=True)
-        await asyncio.Event().wait()
+        # reuse_port: several worker processes listen on one port, the kernel spreads the
+        # connections between them.
+        await web.TCPSite(runner, args.host, args.port, reuse_port=args.workers > 1).start()
+        print(
+            f"worker {os.getpid()} serving on http://{args.host}:{args.port}/videos; "
+            "Ctrl-C to stop",
+            flush=True,
+        )
+        # SIGTERM (a deploy, or the first worker stopping the others) closes cleanly: the
+        # client hands its unfinished tasks over to the fleet at once.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
 
 
 def main() -> None:
@@ -554,8 +608,37 @@ def main() -> None:
         help="task ids to re-attach at start (workers on one host may share it)",
     )
     parser.add_argument("--simulate", action="store_true", help="use the built-in simulator")
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_serve(parser.parse_args()))
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes on the port (set WAN_REDIS_URL so that each answers for all)",
+    )
+    args = parser.parse_args()
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if args.simulate and args.workers > 1:
+        parser.error(
+            "--simulate runs a simulator per process: for several workers run "
+            "`python -m wan_async.testing` and point WAN_BASE_URL at it"
+        )
+    children = []
+    for _ in range(args.workers - 1):
+        # Forked before any event loop exists: each worker is a process of its own.
+        pid = os.fork()
+        if pid == 0:
+            children = []
+            break
+        children.append(pid)
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_serve(args))
+    finally:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
 
 
 if __name__ == "__main__":

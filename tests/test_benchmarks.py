@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 #: A guard against a hung run, far above the quick mode's usual 10-20 s.
@@ -65,3 +68,34 @@ def test_realtime_row_prints_its_compressed_tick() -> None:
         assert len(row) == len(header), row
         assert row[header.index("period s")] == "0.15", row
         assert re.fullmatch(r"\d+/\d+(, \d+ open)?", row[3]), row
+
+
+def test_fleet_benchmark_prints_every_row() -> None:
+    """``fleet.py`` on a small fleet completes and prints its five rows (it starts its own
+    redis-server: skipped where there is none, except under CI)."""
+    from .conftest import REDIS_SERVER
+
+    if REDIS_SERVER is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("redis-server is missing")
+        pytest.skip("redis-server is not installed")
+    done = subprocess.run(
+        [sys.executable, "benchmarks/fleet.py", "--tasks", "40", "--workers", "2"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    header, rows = table(done.stdout)
+    assert [row[0] for row in rows] == [
+        "1 process",
+        "2 workers, no store",
+        "2 workers, Redis",
+        "2 workers, Redis, kill -9 one",
+        "2 hosts, one journaled batch of 200",
+    ]
+    for row in rows:
+        assert len(row) == len(header), row
+        assert row[2] == "0", row  # no duplicates

@@ -67,12 +67,25 @@ async def test_status_from_another_client_costs_no_status_check(
         assert other.stats.poller.polls == 0
 
 
+async def test_a_task_is_known_everywhere_once_submitted(
+    gw: FakeGateway, redis_server: RedisServer
+) -> None:
+    """As soon as submit() returns, every client of the fleet answers for the task (a status
+    endpoint on another worker never says 404), before any status check."""
+    async with member(gw, redis_server) as owner, member(gw, redis_server) as other:
+        handle = await owner.submit(request(0))
+        latest = await other.latest(handle.task_id)
+        assert latest is not None
+        assert latest.status is TaskStatus.NOT_START
+        assert latest.task_id == handle.task_id
+        await handle
+
+
 async def test_latest_follows_the_owner_while_the_task_runs(
     gw: FakeGateway, redis_server: RedisServer
 ) -> None:
     async with member(gw, redis_server) as owner, member(gw, redis_server) as other:
         handle = await owner.submit(request(0))
-        assert await other.latest(handle.task_id) is None or True  # stored once seen
         seen: list[TaskStatus] = []
         with anyio.fail_after(30):
             while True:
@@ -386,3 +399,20 @@ async def test_with_redis_gone_each_client_keeps_its_share(
     assert most <= cap * window + 6
     alone = [r for r in caplog.records if "goes on alone" in r.getMessage()]
     assert 1 <= len(alone) <= 2  # once per client
+
+
+async def test_latest_without_a_store_knows_this_clients_tasks(gw: FakeGateway) -> None:
+    """Without a store, latest() answers for this client's own tasks (NOT_START from the
+    submit on), and None for any other id: no gateway request either way."""
+    async with make_client(gw) as client:
+        handle = await client.submit(request(0))
+        first = await client.latest(handle.task_id)
+        assert first is not None
+        assert first.status is TaskStatus.NOT_START
+        assert await client.latest("task_of_someone_else") is None
+        await handle
+        polls = client.stats.poller.polls
+        done = await client.latest(handle.task_id)
+        assert done is not None
+        assert done.status is TaskStatus.SUCCESS
+        assert client.stats.poller.polls == polls

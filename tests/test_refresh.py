@@ -512,3 +512,20 @@ def test_two_periods_of_a_moving_period_are_not_taken_for_one() -> None:
         assert period.observe_gap(low=low, high=high, value=value, lower=lower) == 1
     assert period.observe_gap(low=8.87, high=9.92, value=9.0, lower=5.22) == 2
     assert period.period < 5.6
+
+
+def test_a_task_never_seen_is_forecast_from_now_not_from_minus_infinity() -> None:
+    """A task attached by id and not asked about yet has no time after which to look:
+    planning it again (when the learned durations moved) asked for the refresh after -inf,
+    and ``ceil(-inf)`` failed the attached task with an OverflowError (seen on a fleet
+    adopting a stopped client's tasks while its own ended). It is forecast at the next
+    refresh of the loop, as any task with nothing before it."""
+    est = RefreshEstimator(hint=15.0)
+    _known_loop(est)
+    for k in range(4):
+        est.observe("t", sent=1000.8 + 15 * k, received=1000.85 + 15 * k, stamp=1000 + 15 * k)
+    assert est.known
+    forecast = est.forecast("attached", -math.inf)
+    assert forecast is not None
+    assert math.isfinite(forecast.expected)
+    assert est.ask_at("attached", after=-math.inf, now=1050.0) is not None

@@ -47,7 +47,7 @@ from ._exceptions import (
 from ._fleet import Fleet
 from ._handle import TaskHandle
 from ._journal import Journal
-from ._models import TaskCreated, TaskSnapshot, VideoRequest, VideoResult
+from ._models import TaskCreated, TaskSnapshot, TaskStatus, VideoRequest, VideoResult
 from ._poller import Poller, PollerStats, StatusListener
 from ._progress import ProgressCallback, check_progress_callback
 from ._ratelimit import RateBudget, RateStats
@@ -230,6 +230,11 @@ class WanClient:
     def closed(self) -> bool:
         """Whether :meth:`aclose` has been called."""
         return self._state is _State.CLOSED
+
+    @property
+    def store(self) -> TaskStore | None:
+        """The task store this client shares with the rest of its fleet (None: none)."""
+        return self._fleet.store if self._fleet is not None else None
 
     @property
     def stats(self) -> ClientStats:
@@ -421,7 +426,15 @@ class WanClient:
             # Shielded (bounded by the store's timeouts): once created, the fleet must know
             # who polls the task; a cancellation is delivered just below.
             with anyio.CancelScope(shield=True):
-                await self._fleet.claim_new(created.task_id)
+                await self._fleet.claim_new(
+                    created.task_id,
+                    TaskSnapshot(
+                        task_id=created.task_id,
+                        status=TaskStatus.NOT_START,
+                        raw_status=TaskStatus.NOT_START.value,
+                        submit_time=created.created_at,
+                    ),
+                )
         if hooks is None:  # a batch reports its items' task ids itself
             await _created_despite_cancel(created.task_id, tracked=True)
         return handle
@@ -482,6 +495,11 @@ class WanClient:
         if handle is None and self._fleet is not None:
             handle = self._fleet.following(task_id)
         local = handle.snapshot if handle is not None else None
+        if handle is not None and local is None and handle.request is not None:
+            # Submitted here and not checked yet: it exists, and has not started.
+            local = TaskSnapshot(
+                task_id=task_id, status=TaskStatus.NOT_START, raw_status="NOT_START"
+            )
         if self._fleet is None or (local is not None and local.is_terminal):
             return local
         stored = await self._fleet.latest(task_id)

@@ -216,11 +216,18 @@ class Fleet:
 
     # -- what the client tells -----------------------------------------------------------
 
-    async def claim_new(self, task_id: str) -> None:
-        """A task this client just submitted: it owns it. Never raises: the task is polled
-        here whatever the store says (a failure is logged)."""
+    async def claim_new(self, task_id: str, snapshot: TaskSnapshot) -> None:
+        """A task this client just submitted: it owns it, and the fleet knows it exists
+        (``snapshot``, as the submit's answer told, until the first status check). Never
+        raises: the task is polled here whatever the store says (a failure is logged)."""
         try:
             await self.store.claim(task_id, self.owner, new=True)
+            await self.store.put(
+                task_id,
+                order=snapshot_order(snapshot),
+                snapshot=snapshot_to_store(snapshot),
+                ended=False,
+            )
         except StoreUnavailable as exc:
             self._down(exc)
         else:

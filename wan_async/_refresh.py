@@ -443,8 +443,9 @@ class RefreshEstimator:
             # Later than expected: soon, then allowed as much again as it is late already.
             expected = since + max(2 * spread, 4 * self._rtt, since - expected)
             high = max(high, expected)
-        # Then as many periods on as it takes to reach the target.
-        n = max(0, math.ceil((target - high) / (period + spread)))
+        # Then as many periods on as it takes to reach the target (none when nothing bounds
+        # it: a task attached by id and never asked about).
+        n = max(0, math.ceil((target - high) / (period + spread))) if target > -_INF else 0
         return Forecast(
             low=min(low + n * (period - spread), expected + n * period),
             high=high + n * (period + spread),
