@@ -416,3 +416,27 @@ async def test_latest_without_a_store_knows_this_clients_tasks(gw: FakeGateway) 
         assert done is not None
         assert done.status is TaskStatus.SUCCESS
         assert client.stats.poller.polls == polls
+
+
+async def test_what_was_seen_while_redis_was_down_is_stored_when_it_is_back(
+    gw: FakeGateway, tmp_path: Path
+) -> None:
+    """Redis stops while a task runs and ends: its owner polls on alone, and once Redis is
+    back (same server, its AOF reloaded) the end is in the store for everyone."""
+    server = start_redis(tmp_path)
+    try:
+        async with member(gw, server) as owner:
+            handle = await owner.submit(request(0))
+            server.stop()
+            await handle  # the task ends while the store is down
+            server = start_redis(tmp_path)  # the same folder: the same socket and data
+            async with member(gw, server) as reader:
+                with anyio.fail_after(20):
+                    while True:
+                        latest = await reader.latest(handle.task_id)
+                        if latest is not None and latest.is_terminal:
+                            break
+                        await anyio.sleep(0.02)
+                assert reader.stats.poller.polls == 0
+    finally:
+        server.stop()

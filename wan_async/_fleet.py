@@ -8,8 +8,8 @@ follows a task another live client owns, and owns one that no live client does. 
 * renews this client's lease every quarter of it, and adopts the unfinished tasks of owners
   whose lease ran out (a process killed, a host gone): they are polled again within
   ``lease`` and a quarter of it;
-* writes every status change its poller sees, latest first and coalesced per task, and
-  announces it;
+* writes every status change its poller sees (only the latest per task, if the store
+  lags behind), and announces it;
 * follows by announcement, and re-reads everything it follows every ``lease`` and after a
   lost subscription (an announcement is a hint, the stored snapshot is the truth); a followed
   task whose owner died is claimed and polled here;
@@ -18,7 +18,8 @@ follows a task another live client owns, and owns one that no live client does. 
 
 If the store cannot be reached, the client goes on alone: its own tasks are polled as
 without a store, followed tasks are polled here too (two clients polling one task costs only
-status checks), and a log line says so; writes are retried, latest first, once it is back.
+status checks), and a log line says so; the latest snapshot of each task it polls is written
+once the store is back.
 Every interval here is a fraction of the lease, a setting of the store, in seconds of real
 time: leases run on the store's clock.
 """
@@ -302,15 +303,12 @@ class Fleet:
     async def _flush(self) -> None:
         while self._pending:
             task_id, snapshot = next(iter(self._pending.items()))
-            try:
-                await self.store.put(
-                    task_id,
-                    order=snapshot_order(snapshot),
-                    snapshot=snapshot_to_store(snapshot),
-                    ended=snapshot.is_terminal,
-                )
-            except StoreUnavailable:
-                raise
+            await self.store.put(
+                task_id,
+                order=snapshot_order(snapshot),
+                snapshot=snapshot_to_store(snapshot),
+                ended=snapshot.is_terminal,
+            )
             if self._pending.get(task_id) is snapshot:
                 self._pending.pop(task_id, None)
 
