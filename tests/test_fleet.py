@@ -431,12 +431,38 @@ async def test_what_was_seen_while_redis_was_down_is_stored_when_it_is_back(
             await handle  # the task ends while the store is down
             server = start_redis(tmp_path)  # the same folder: the same socket and data
             async with member(gw, server) as reader:
-                with anyio.fail_after(20):
-                    while True:
-                        latest = await reader.latest(handle.task_id)
-                        if latest is not None and latest.is_terminal:
-                            break
-                        await anyio.sleep(0.02)
+                await _stored_end(reader, handle.task_id)
                 assert reader.stats.poller.polls == 0
     finally:
         server.stop()
+
+
+async def test_a_hung_redis_holds_no_submit(gw: FakeGateway, tmp_path: Path) -> None:
+    """Redis stops answering (SIGSTOP) mid-run: a submit returns within a quarter lease and
+    the task is polled here; once Redis answers again, the task is claimed in the store."""
+    server = start_redis(tmp_path)
+    try:
+        async with member(gw, server) as owner, member(gw, server) as other:
+            server.process.send_signal(signal.SIGSTOP)
+            started = anyio.current_time()
+            with anyio.fail_after(10):  # it used to wait for as long as Redis hung
+                handle = await owner.submit(request(0))
+                assert anyio.current_time() - started < LEASE  # bounded by a quarter lease
+                second = await owner.submit(request(1))  # known down: at once
+            server.process.send_signal(signal.SIGCONT)
+            await handle
+            await second
+            await _stored_end(other, second.task_id)
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+        server.stop()
+
+
+async def _stored_end(client: WanClient, task_id: str) -> None:
+    """Wait until ``client`` reads the end of ``task_id`` (from the store, for a follower)."""
+    with anyio.fail_after(20):
+        while True:
+            latest = await client.latest(task_id)
+            if latest is not None and latest.is_terminal:
+                return
+            await anyio.sleep(0.02)

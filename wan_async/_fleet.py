@@ -79,6 +79,8 @@ class Fleet:
         self._clock = clock
         self._lease = store.lease
         self._pending: dict[str, TaskSnapshot] = {}
+        #: Tasks submitted here while the store was down: claimed once it is back.
+        self._unclaimed: dict[str, TaskSnapshot] = {}
         self._wrote = anyio.Event()
         self._dirty: set[str] = set()
         self._read = anyio.Event()
@@ -109,11 +111,17 @@ class Fleet:
         return len(self._following)
 
     async def latest(self, task_id: str) -> TaskSnapshot | None:
-        """The stored snapshot of ``task_id`` (None: none stored, or the store is down)."""
-        try:
-            (stored,) = await self.store.get([task_id])
-        except StoreUnavailable as exc:
-            self._down(exc)
+        """The stored snapshot of ``task_id`` (None: none stored, or the store is down or
+        did not answer within a quarter lease)."""
+        stored = None
+        with anyio.move_on_after(self._lease / 4) as bound:
+            try:
+                (stored,) = await self.store.get([task_id])
+            except StoreUnavailable as exc:
+                self._down(exc)
+                return None
+        if bound.cancelled_caught:
+            self._down(StoreUnavailable("the task store did not answer within a quarter lease"))
             return None
         self._back()
         if stored is None or stored.snapshot is None:
@@ -221,18 +229,39 @@ class Fleet:
         """A task this client just submitted: it owns it, and the fleet knows it exists
         (``snapshot``, as the submit's answer told, until the first status check). Never
         raises: the task is polled here whatever the store says (a failure is logged)."""
-        try:
-            await self.store.claim(task_id, self.owner, new=True)
-            await self.store.put(
-                task_id,
-                order=snapshot_order(snapshot),
-                snapshot=snapshot_to_store(snapshot),
-                ended=False,
-            )
-        except StoreUnavailable as exc:
-            self._down(exc)
-        else:
-            self._back()
+        if not self._up:
+            # Known down: claimed once the store is back (a hung store would hold every
+            # submit for the bound below).
+            self._unclaimed[task_id] = snapshot
+            return
+        with anyio.move_on_after(self._lease / 4) as bound:
+            try:
+                await self._claim(task_id, snapshot)
+            except StoreUnavailable as exc:
+                self._down(exc)
+                self._unclaimed[task_id] = snapshot
+                return
+        if bound.cancelled_caught:
+            self._down(StoreUnavailable("the task store did not answer within a quarter lease"))
+            self._unclaimed[task_id] = snapshot
+            return
+        self._back()
+
+    async def _claim(self, task_id: str, snapshot: TaskSnapshot) -> None:
+        await self.store.claim(task_id, self.owner, new=True)
+        await self.store.put(
+            task_id,
+            order=snapshot_order(snapshot),
+            snapshot=snapshot_to_store(snapshot),
+            ended=False,
+        )
+
+    async def _claim_late(self) -> None:
+        """Claim the tasks submitted while the store was down (it is back)."""
+        while self._unclaimed:
+            task_id, snapshot = next(iter(self._unclaimed.items()))
+            await self._claim(task_id, snapshot)
+            self._unclaimed.pop(task_id, None)
 
     def attach(self, handle: TaskHandle) -> None:
         """Follow or own ``handle``'s task, as the store says (decided in the background;
@@ -269,6 +298,7 @@ class Fleet:
                     )
                 self._members = await self.store.members()
                 await self._read_rate()
+                await self._claim_late()
                 while True:
                     taken = await self.store.adopt(self.owner)
                     if not taken:

@@ -262,14 +262,12 @@ class RateBudget:
             return
         now = self._clock.monotonic()
         self._refill(now)
-        if not peer:
-            pass
-        elif rate is not None and (self._rate is None or rate < self._rate):
+        if peer and rate is not None and (self._rate is None or rate < self._rate):
             self._excess = 0.0
             self._since_decrease = 0
             if self._base is None or self._recovered:
                 self._base, self._recovered = rate, False
-        elif rate is None:
+        elif peer and rate is None:
             self._base = None
         self._set_rate(rate, now, told=True)
 
