@@ -12,7 +12,15 @@ from wan_async import PollPolicy, RedisStore, ScaledClock, VideoRequest, WanClie
 
 
 async def main(
-    base_url: str, scale: str, epoch: str, origin: str, redis_url: str, n: str, lease: str
+    base_url: str,
+    scale: str,
+    epoch: str,
+    origin: str,
+    redis_url: str,
+    n: str,
+    lease: str,
+    cap: str = "",
+    prefix: str = "fleet item",
 ) -> None:
     clock = ScaledClock(float(scale), epoch=float(epoch), origin=float(origin))
     async with WanClient(
@@ -21,9 +29,10 @@ async def main(
         clock=clock,
         store=RedisStore.from_url(redis_url, lease=float(lease)),
         poll_policy=PollPolicy(refresh_period=3.0),
+        max_requests_per_second=float(cap) if cap else None,
     ) as client:
         handles = [
-            await client.submit(VideoRequest(prompt=f"fleet item {i}", model="wan2.6-t2v"))
+            await client.submit(VideoRequest(prompt=f"{prefix} {i}", model="wan2.6-t2v"))
             for i in range(int(n))
         ]
         print(json.dumps([h.task_id for h in handles]), flush=True)

@@ -391,3 +391,71 @@ async def test_acquire_refuses_an_unknown_kind() -> None:
     budget = RateBudget(cap=None, clock=ManualClock())
     with pytest.raises(ValueError, match="kind must be 'poll' or 'submit'"):
         await budget.acquire("download")  # type: ignore[arg-type]
+
+
+# -- one budget for a fleet ----------------------------------------------------------------
+
+
+class FleetRateStore:
+    """The fleet's rate as the task store keeps it (one change per cooldown), for the budgets
+    of one test; each budget's :class:`Member` proposes to it."""
+
+    def __init__(self, clock: ManualClock) -> None:
+        self.clock = clock
+        self.rate: float | None = None
+        self.at = -math.inf
+        self.members: list[Member] = []
+
+    def propose(
+        self, proposer: Member, rate: float | None, *, decrease: bool, cooldown: float
+    ) -> None:
+        current = math.inf if self.rate is None else self.rate
+        wanted = math.inf if rate is None else rate
+        moves = wanted < current if decrease else wanted != current
+        if moves and self.clock.now - self.at >= cooldown:
+            self.rate, self.at = rate, self.clock.now
+            for member in self.members:
+                if member is not proposer:
+                    member.budget.adopt(self.rate)
+        proposer.budget.adopt(self.rate, peer=False)
+
+
+class Member:
+    """One client's FleetRate (the rule under test is the rate: no token is taken here)."""
+
+    shared = True
+
+    def __init__(self, store: FleetRateStore, budget: RateBudget) -> None:
+        self.store, self.budget = store, budget
+        store.members.append(self)
+        budget.fleet = self
+
+    def portion(self) -> float:
+        return 1 / len(self.store.members)
+
+    async def take(self, kind: RequestKind, rate: float, poll_share: float) -> float:
+        raise AssertionError("unlimited: no token is taken")
+
+    def propose(self, rate: float | None, *, decrease: bool, cooldown: float) -> None:
+        self.store.propose(self, rate, decrease=decrease, cooldown=cooldown)
+
+
+async def test_a_burst_every_client_sees_halves_the_fleets_pace_once() -> None:
+    """Three clients each sending 5 requests a second (the fleet 15) all see one burst of
+    429s: the fleet's rate is halved once, from the fleet's pace (7.5), not once per client
+    and not from one client's own pace (2.5, then lower)."""
+    clock = ManualClock()
+    store = FleetRateStore(clock)
+    budgets = [RateBudget(cap=None, clock=clock) for _ in range(3)]
+    for budget in budgets:
+        Member(store, budget)
+    for _ in range(50):  # 10 s at 5 requests a second each
+        for budget in budgets:
+            await budget.acquire()
+        clock.now += 0.2
+    for _ in range(40):  # the burst: every client sees mostly 429s, at the same moment
+        for budget in budgets:
+            budget.answered(limited=True)
+    assert store.rate == pytest.approx(7.5)
+    assert [b.stats.current_rate for b in budgets] == [pytest.approx(7.5)] * 3
+    assert min(b.stats.lowest_rate for b in budgets) == pytest.approx(7.5)

@@ -172,6 +172,7 @@ class Fleet:
                 )
             except StoreUnavailable as exc:
                 self._down(exc)
+                self._budget.adopt(rate, peer=False)  # alone: this client's own rate
                 continue
             self._budget.adopt(None if held is None else held / scale, peer=False)
 

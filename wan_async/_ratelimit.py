@@ -335,6 +335,8 @@ class RateBudget:
             cooldown = self._window / pace if pace else 0.0
             decrease = rate is not None and (self._rate is None or rate < self._rate)
             fleet.propose(rate, decrease=decrease, cooldown=cooldown)
+            if fleet.shared:
+                return  # the rate the store holds after it comes back through adopt()
         if rate is not None:
             self._lowest = min(self._lowest, rate)
             if self._rate is None:
