@@ -212,7 +212,7 @@ async def fleet_row(
             sum(n - 1 for n in stats.tasks_per_prompt.values() if n > 1),
             f"{sum(t.gets for t in gw.tasks()) / max(1, stats.tasks_created):.2f}",
             f"{answered}/{asked} ({100 * answered / max(1, asked):.1f} %)" if asked else "-",
-            f"{peak_rate(gw, 15.0):.1f} / {args.cap:g}",
+            f"{peak_rate(gw, 60.0):.1f} / {args.cap:g}",
             f"{ended}/{stats.tasks_created}",
             adoption,
         ]
@@ -238,7 +238,7 @@ async def journal_row(args: argparse.Namespace, redis_url: str, folder: Path) ->
             sum(n - 1 for n in stats.tasks_per_prompt.values() if n > 1),
             f"{sum(t.gets for t in gw.tasks()) / max(1, stats.tasks_created):.2f}",
             " + ".join(f"{r['ok']} ok" for r in reports),
-            f"{peak_rate(gw, 15.0):.1f} / {args.cap:g}",
+            f"{peak_rate(gw, 60.0):.1f} / {args.cap:g}",
             f"submits {' + '.join(str(r['submits']) for r in reports)}",
             "-",
         ]

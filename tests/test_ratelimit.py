@@ -459,3 +459,37 @@ async def test_a_burst_every_client_sees_halves_the_fleets_pace_once() -> None:
     assert store.rate == pytest.approx(7.5)
     assert [b.stats.current_rate for b in budgets] == [pytest.approx(7.5)] * 3
     assert min(b.stats.lowest_rate for b in budgets) == pytest.approx(7.5)
+
+
+class Flaky:
+    """A FleetRate whose store answers until told it is gone; a quarter of the rate alone."""
+
+    def __init__(self) -> None:
+        self.shared = True
+
+    def portion(self) -> float:
+        return 0.25
+
+    async def take(self, kind: RequestKind, rate: float, poll_share: float) -> float:
+        return 0.0
+
+    def propose(self, rate: float | None, *, decrease: bool, cooldown: float) -> None:
+        raise AssertionError("the cap never moves")
+
+
+async def test_a_client_that_loses_its_store_starts_alone_with_empty_lanes() -> None:
+    """Capped at 20 with the fleet's bucket, then the store goes: alone, the client runs at
+    its quarter (5 a second) from empty lanes. It kept the tokens it held from before the
+    fleet (a burst of 5 at once, above the fleet's rate), seen on benchmarks/fleet.py."""
+    clock = ManualClock()
+    budget = RateBudget(cap=20.0, clock=clock)
+    fleet = Flaky()
+    budget.fleet = fleet
+    for _ in range(10):
+        await budget.acquire()  # from the fleet's bucket: at once
+    assert clock.now == 1000.0
+    fleet.shared = False
+    start = clock.now
+    for _ in range(5):
+        await budget.acquire()
+    assert clock.now - start >= 4 / 5 - 1e-9  # five requests at 5 a second, none at once

@@ -149,6 +149,8 @@ class RateBudget:
         min_rate = _positive("min_rate", min_rate)
         #: The fleet this budget is one client's share of (with a task store), if any.
         self.fleet: FleetRate | None = None
+        #: Whether the local lanes serve (no fleet, or its store out of reach).
+        self._alone = True
         self._clock = clock
         self._cap = cap
         self._shares: dict[RequestKind, float] = {"poll": poll_share, "submit": 1 - poll_share}
@@ -230,7 +232,10 @@ class RateBudget:
         """Take a token from the fleet's bucket, waiting as it says; False if there is no
         fleet or its store cannot be reached (the local lanes serve then)."""
         fleet = self.fleet
-        while fleet is not None and fleet.shared:
+        if fleet is None:
+            return False
+        while fleet.shared:
+            self._alone = False
             rate = self._rate
             if rate is None:
                 self._grant(self._clock.monotonic())
@@ -238,8 +243,7 @@ class RateBudget:
             try:
                 wait = await fleet.take(kind, rate, self._shares["poll"])
             except StoreUnavailable:
-                self._stamp = self._clock.monotonic()  # the local lanes start from now
-                return False
+                break
             if wait <= 0:
                 self._grant(self._clock.monotonic())
                 return True
@@ -249,6 +253,12 @@ class RateBudget:
                     await self._clock.sleep(wait)
                 finally:
                     self._naps[kind] = None
+        if not self._alone:
+            # Alone from now: the local lanes start empty, at this client's share, so the
+            # fleet's rate is never exceeded (tokens kept from before would be a burst).
+            self._alone = True
+            self._stamp = self._clock.monotonic()
+            self._tokens = dict.fromkeys(_KINDS, 0.0)
         return False
 
     def adopt(self, rate: float | None, *, peer: bool = True) -> None:
