@@ -12,12 +12,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from wan_async import TaskFailed, TaskStatus, Usage, VideoRequest
+from wan_async import TaskFailed, TaskSnapshot, TaskStatus, Usage, VideoRequest
 from wan_async._serde import (
     created_from_wire,
     parse_error_body,
     request_to_wire,
+    snapshot_from_store,
     snapshot_from_wire,
+    snapshot_to_store,
 )
 
 EXAMPLES = Path(__file__).resolve().parent / "gateway_examples"
@@ -320,3 +322,55 @@ def test_arbitrary_values_never_crash(
     known = {s.value for s in TaskStatus}
     assert snap.status is (TaskStatus(status) if status in known else TaskStatus.UNKNOWN)
     assert 0.0 <= snap.progress <= 1.0
+
+
+_stamps = st.none() | st.datetimes(
+    min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(timezone.utc)
+)
+_texts = st.none() | st.text(max_size=20)
+
+
+@given(
+    status=st.sampled_from(list(TaskStatus)),
+    progress=st.floats(min_value=0, max_value=1),
+    stamps=st.tuples(_stamps, _stamps, _stamps, _stamps, _stamps, _stamps),
+    texts=st.tuples(_texts, _texts, _texts, _texts, _texts, _texts, _texts),
+    usage=st.none()
+    | st.builds(
+        Usage,
+        video_count=st.none() | st.integers(0, 10),
+        video_duration=st.none() | st.floats(0, 60),
+        video_ratio=_texts,
+    ),
+)
+def test_a_stored_snapshot_reads_back_as_it_was(
+    status: TaskStatus,
+    progress: float,
+    stamps: tuple[datetime | None, ...],
+    texts: tuple[str | None, ...],
+    usage: Usage | None,
+) -> None:
+    """The task store's form of a snapshot (what another worker of the fleet reads) loses
+    nothing: every field, stamps to the microsecond, an unknown status's spelling."""
+    raw = "SOMETHING_NEW" if status is TaskStatus.UNKNOWN else status.value
+    snapshot = TaskSnapshot(
+        task_id="task_x",
+        status=status,
+        raw_status=raw,
+        progress=progress,
+        submit_time=stamps[0],
+        start_time=stamps[1],
+        finish_time=stamps[2],
+        updated_at=stamps[3],
+        upstream_start=stamps[4],
+        upstream_end=stamps[5],
+        video_url=texts[0],
+        orig_prompt=texts[1],
+        actual_prompt=texts[2],
+        fail_code=texts[3],
+        fail_message=texts[4],
+        upstream_status=texts[5],
+        upstream_request_id=texts[6],
+        usage=usage,
+    )
+    assert snapshot_from_store(snapshot_to_store(snapshot)) == snapshot
