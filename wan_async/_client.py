@@ -12,6 +12,7 @@ import random
 import re
 import reprlib
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
+from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Literal, TypeVar, overload
 from urllib.parse import quote
@@ -427,13 +428,7 @@ class WanClient:
             # who polls the task; a cancellation is delivered just below.
             with anyio.CancelScope(shield=True):
                 await self._fleet.claim_new(
-                    created.task_id,
-                    TaskSnapshot(
-                        task_id=created.task_id,
-                        status=TaskStatus.NOT_START,
-                        raw_status=TaskStatus.NOT_START.value,
-                        submit_time=created.created_at,
-                    ),
+                    created.task_id, _not_started(created.task_id, created.created_at)
                 )
         if hooks is None:  # a batch reports its items' task ids itself
             await _created_despite_cancel(created.task_id, tracked=True)
@@ -497,9 +492,7 @@ class WanClient:
         local = handle.snapshot if handle is not None else None
         if handle is not None and local is None and handle.request is not None:
             # Submitted here and not checked yet: it exists, and has not started.
-            local = TaskSnapshot(
-                task_id=task_id, status=TaskStatus.NOT_START, raw_status="NOT_START"
-            )
+            local = _not_started(task_id, None)
         if self._fleet is None or (local is not None and local.is_terminal):
             return local
         stored = await self._fleet.latest(task_id)
@@ -986,6 +979,16 @@ class WanClient:
             before_attempt=lambda: self._budget.acquire("submit" if submit else "poll"),
             what=what,
         )
+
+
+def _not_started(task_id: str, submitted: datetime | None) -> TaskSnapshot:
+    """A task known to exist and not checked yet: what its submit said of it."""
+    return TaskSnapshot(
+        task_id=task_id,
+        status=TaskStatus.NOT_START,
+        raw_status=TaskStatus.NOT_START.value,
+        submit_time=submitted,
+    )
 
 
 def _checked_requests(requests: Iterable[VideoRequest]) -> list[VideoRequest]:
